@@ -1,0 +1,223 @@
+"""The abstract bases every adapter implements, and the small types they exchange.
+
+Three kinds of stage: `LLMAdapter` streams reply text, `TTSAdapter` streams PCM
+for a piece of text, `AvatarAdapter` turns a stream of audio into frames on the
+audio clock. Adapters are async context managers (`start` on enter, `aclose` on
+exit); they declare what they can honour in `capabilities()` and translate the
+resolved controls into their own parameters in `map_controls()`, saying what
+they applied and what they had to downgrade.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import TracebackType
+from typing import Any, ClassVar, Literal
+
+from tth_server.controls import PUBLIC_NAMES, Controls, EmotionLabel
+from tth_server.media import AudioChunk, RenderSettings, VideoFrame
+
+
+class Stage(StrEnum):
+    LLM = "llm"
+    TTS = "tts"
+    AVATAR = "avatar"
+    REALTIME = "realtime"
+
+
+class Mode(StrEnum):
+    """How an adapter reaches its model."""
+
+    LOCAL = "local"
+    API = "api"
+    SELF_HOST = "self_host"
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What an adapter can honour."""
+
+    streaming: bool = True
+    """Output streams as it is produced."""
+    controls: frozenset[str] = frozenset()
+    """Dotted control names the adapter honours, e.g. "character.speech_rate"."""
+    emotions: frozenset[EmotionLabel] = frozenset()
+    """Emotion labels it can express."""
+    speech_marks: bool = False
+    """It reports (TTS) or uses (avatar) word and phoneme timing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    field: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Downgrade:
+    field: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ControlMapping:
+    """An adapter's own parameters for a set of controls, and what it made of them."""
+
+    controls: Controls
+    params: Mapping[str, Any] = field(default_factory=dict)
+    applied: tuple[Applied, ...] = ()
+    downgraded: tuple[Downgrade, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HealthStatus:
+    healthy: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Literal["user", "assistant"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class LLMRequest:
+    """What an LLM adapter needs for one reply."""
+
+    system_prompt: str
+    user_text: str
+    history: tuple[Message, ...] = ()
+    controls: Controls = field(default_factory=Controls)
+
+
+@dataclass(frozen=True, slots=True)
+class AvatarInput:
+    """One audio chunk on the turn's clock, with the controls of its segment."""
+
+    chunk: AudioChunk
+    mapping: ControlMapping
+
+
+class Adapter(ABC):
+    """Base of every adapter: options from config, lifecycle, health, controls."""
+
+    stage: ClassVar[Stage]
+    mode: ClassVar[Mode] = Mode.LOCAL
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        self.name = name
+        self.options = dict(options)
+
+    @property
+    def model(self) -> str:
+        """The provider's model name, where there is one."""
+        return str(self.options.get("model", ""))
+
+    async def start(self) -> None:
+        """Connect, load or warm up; called once before the first use."""
+
+    async def aclose(self) -> None:
+        """Release connections, threads and processes; safe to call twice."""
+
+    async def health(self) -> HealthStatus:
+        return HealthStatus(True)
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities()
+
+    def map_controls(self, controls: Controls) -> ControlMapping:
+        """Translate resolved controls into this adapter's parameters.
+
+        The default honours nothing and says so for every control that was set by
+        a caller or persona (not left at its default).
+        """
+        downgraded = tuple(
+            Downgrade(PUBLIC_NAMES[name], f"{self.name} has no way to express it")
+            for name, source in controls.sources.items()
+            if source != "default" and name != "persona_id"
+        )
+        return ControlMapping(controls, downgraded=downgraded)
+
+    async def __aenter__(self) -> Adapter:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class LLMAdapter(Adapter):
+    stage = Stage.LLM
+
+    @abstractmethod
+    def stream(self, request: LLMRequest) -> AsyncIterator[str]:
+        """Yield the reply's text as it is produced. Cancelling stops the provider call."""
+
+
+class TTSAdapter(Adapter):
+    stage = Stage.TTS
+
+    @property
+    @abstractmethod
+    def sample_rate_hz(self) -> int:
+        """The rate of every chunk this adapter yields."""
+
+    @abstractmethod
+    def synthesize(self, text: str, mapping: ControlMapping) -> AsyncIterator[AudioChunk]:
+        """Yield PCM16 mono for `text`, chunk by chunk, as it is produced.
+
+        Chunks carry `timestamp_ms` and marks relative to the start of this call;
+        the pipeline moves them onto the turn's clock.
+        """
+
+
+class AvatarAdapter(Adapter):
+    stage = Stage.AVATAR
+
+    @abstractmethod
+    def render(self, audio: AsyncIterator[AvatarInput], settings: RenderSettings) -> AsyncIterator[VideoFrame]:
+        """Yield frames on the turn's clock for the audio as it arrives.
+
+        Frame i is shown at i * settings.frame_ms. When `audio` ends, frames keep
+        coming until they cover all of it (the last frame starts before its end).
+        """
+
+
+class RealtimeConversation(ABC):
+    """One TTH session's conversation with a combined LLM+TTS provider."""
+
+    @abstractmethod
+    def respond(self, request: LLMRequest, mapping: ControlMapping) -> AsyncIterator[str | AudioChunk]:
+        """Yield the reply as text deltas (str) and audio chunks (relative timestamps).
+
+        Cancelling the iterator cancels the provider's response.
+        """
+
+    @abstractmethod
+    async def truncate(self, played_ms: float) -> None:
+        """Tell the provider the last reply was heard only up to `played_ms`."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Close the provider connection."""
+
+
+class RealtimeAdapter(Adapter):
+    """A combined LLM+TTS stage; holds one provider conversation per TTH session."""
+
+    stage = Stage.REALTIME
+
+    @property
+    @abstractmethod
+    def sample_rate_hz(self) -> int:
+        """The rate of every chunk its conversations yield."""
+
+    @abstractmethod
+    async def open(self, system_prompt: str, mapping: ControlMapping) -> RealtimeConversation:
+        """Open a conversation for one session."""

@@ -1,0 +1,1 @@
+"""Local adapters that need no network and no key: deterministic, with fault knobs for tests."""

@@ -1,0 +1,46 @@
+"""Latency and fault-injection knobs shared by the local adapters.
+
+Every local adapter reads the same option names, so a test or a profile can slow
+a stage down or make it fail deterministically:
+
+    first_byte_ms: 0        delay before the first output
+    fail_after: -1          raise after this many outputs (0: before the first); -1 never
+    fail_category: server   the ProviderError category raised (auth, rate_limit, ...)
+    hang: false             never produce the first output (a provider that hangs)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.errors import ErrorCategory, ProviderError
+
+
+@dataclass(frozen=True, slots=True)
+class Knobs:
+    first_byte_ms: float = 0.0
+    fail_after: int = -1
+    fail_category: ErrorCategory = ErrorCategory.SERVER
+    hang: bool = False
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> Knobs:
+        return cls(
+            first_byte_ms=float(options.get("first_byte_ms", 0.0)),
+            fail_after=int(options.get("fail_after", -1)),
+            fail_category=ErrorCategory(options.get("fail_category", "server")),
+            hang=bool(options.get("hang", False)),
+        )
+
+    async def before(self, index: int, provider: str) -> None:
+        """Call before producing output number `index` (from 0)."""
+        if index == 0:
+            if self.hang:
+                await asyncio.Event().wait()
+            if self.first_byte_ms > 0:
+                await asyncio.sleep(self.first_byte_ms / 1000)
+        if index == self.fail_after:
+            raise ProviderError(self.fail_category, f"injected failure after {index} outputs", provider=provider)

@@ -1,0 +1,128 @@
+"""A deterministic speech-like tone synthesizer: PCM with correct durations, no network.
+
+Not speech: each word becomes a voiced tone (a few harmonics under an envelope)
+whose length follows the word's syllables and the speaking rate, with pauses
+between words and longer ones at punctuation. Pitch, pitch movement, rate and
+volume follow the controls through `tth_server.prosody`, so emotions and
+personas give measurably different audio, and word marks are exact. It stands in
+for a TTS in tests and benchmarks; the `local` profile uses espeak-ng.
+
+Options: `sample_rate_hz` (24000), `chunk_ms` (40), `realtime_factor` (0: as fast
+as possible; 1: chunks come at the pace of real time), `voices` (persona id to
+base pitch in Hz), and the knobs of `adapters.local.knobs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from adapters.base import Applied, Capabilities, ControlMapping, Downgrade, TTSAdapter
+from adapters.local.knobs import Knobs
+from tth_server.controls import Controls, EmotionLabel
+from tth_server.media import AudioChunk, MarkKind, SpeechMark
+from tth_server.prosody import prosody_for
+
+_WORD = re.compile(r"\S+")
+_VOWELS = re.compile(r"[aeiouy]+", re.IGNORECASE)
+_DEFAULT_VOICES = {"neutral": 120.0, "professional": 105.0, "casual": 140.0, "excited": 190.0}
+BASE_WPM = 175.0
+
+
+class ToneTTS(TTSAdapter):
+    """Speech-shaped tones with exact word marks."""
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        super().__init__(name, options)
+        self._rate = int(options.get("sample_rate_hz", 24000))
+        self._chunk_samples = max(1, int(self._rate * float(options.get("chunk_ms", 40)) / 1000))
+        self._realtime_factor = float(options.get("realtime_factor", 0.0))
+        self._voices = {**_DEFAULT_VOICES, **dict(options.get("voices", {}))}
+        self._knobs = Knobs.from_options(options)
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self._rate
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            streaming=True,
+            controls=frozenset(
+                {
+                    "emotion.label",
+                    "emotion.intensity",
+                    "emotion.valence",
+                    "emotion.arousal",
+                    "character.persona_id",
+                    "character.speech_rate",
+                    "character.pitch_shift",
+                    "character.expressivity",
+                }
+            ),
+            emotions=frozenset(EmotionLabel),
+            speech_marks=True,
+        )
+
+    def map_controls(self, controls: Controls) -> ControlMapping:
+        p = prosody_for(controls)
+        base_hz = self._voices.get(controls.persona_id, _DEFAULT_VOICES["neutral"])
+        params = {
+            "wpm": round(BASE_WPM * p.rate, 1),
+            "pitch_hz": round(base_hz * 2 ** (p.pitch_semitones / 12), 1),
+            "range": round(p.range, 3),
+            "volume": round(min(p.volume, 1.6), 3),
+        }
+        detail = f"wpm={params['wpm']} pitch={params['pitch_hz']}Hz range=x{params['range']} volume=x{params['volume']}"
+        applied = tuple(Applied(field, detail) for field in sorted(self.capabilities().controls))
+        downgraded = (
+            (Downgrade("character.motion_gain", "speech has no motion"),)
+            if (controls.sources.get("motion_gain", "default") != "default")
+            else ()
+        )
+        return ControlMapping(controls, params, applied, downgraded)
+
+    async def synthesize(self, text: str, mapping: ControlMapping) -> AsyncIterator[AudioChunk]:
+        pcm, marks = self._render(text, mapping.params)
+        pace = self._chunk_samples / self._rate * self._realtime_factor
+        for index, start in enumerate(range(0, len(pcm), self._chunk_samples)):
+            await self._knobs.before(index, self.name)
+            if index and pace:
+                await asyncio.sleep(pace)
+            end = min(start + self._chunk_samples, len(pcm))
+            t0, t1 = start * 1000 / self._rate, end * 1000 / self._rate
+            yield AudioChunk(
+                pcm[start:end].tobytes(),
+                self._rate,
+                timestamp_ms=t0,
+                marks=tuple(m for m in marks if t0 <= m.time_ms < t1),
+            )
+
+    def _render(self, text: str, params: Mapping[str, Any]) -> tuple[np.ndarray, list[SpeechMark]]:
+        rate = self._rate
+        syllable_s = 60.0 / float(params["wpm"]) / 1.5
+        f0, rng, volume = float(params["pitch_hz"]), float(params["range"]), float(params["volume"])
+        pieces: list[np.ndarray] = []
+        marks: list[SpeechMark] = []
+        cursor = 0
+        for i, word in enumerate(_WORD.findall(text)):
+            marks.append(SpeechMark(MarkKind.WORD, cursor * 1000 / rate, word.strip(".,;:!?\"'()")))
+            syllables = max(1, len(_VOWELS.findall(word)))
+            n = int(rate * syllable_s * syllables)
+            t = np.arange(n) / rate
+            # Pitch glides within the word; the glide's depth follows the range.
+            glide = f0 * (1 + 0.08 * rng * math.sin(i * 1.7) + 0.06 * rng * np.sin(2 * np.pi * 2.5 * t))
+            phase = 2 * np.pi * np.cumsum(glide) / rate
+            voiced = np.sin(phase) + 0.5 * np.sin(2 * phase) + 0.25 * np.sin(3 * phase)
+            envelope = np.sin(np.pi * np.clip(t / max(t[-1], 1e-6), 0, 1)) ** 0.6 if n else t
+            pieces.append(voiced * envelope * 0.25 * volume)
+            pause_s = 0.35 if word[-1] in ".!?" else 0.18 if word[-1] in ",;:" else 0.05
+            gap = np.zeros(int(rate * pause_s * BASE_WPM / float(params["wpm"])))
+            pieces.append(gap)
+            cursor += n + len(gap)
+        audio = np.concatenate(pieces) if pieces else np.zeros(self._chunk_samples)
+        return (np.clip(audio, -1, 1) * 32767).astype("<i2"), marks

@@ -1,0 +1,223 @@
+"""Configuration: `config/base.yaml`, then `config/profiles/<profile>.yaml`, then `TTH_` environment.
+
+Environment variables override any key by its path, with `__` between levels:
+`TTH_SESSION__MAX_LEAD_MS=300`, `TTH_SERVER__LISTEN=0.0.0.0:50051`. `TTH_PROFILE`
+picks the profile and `TTH_CONFIG_DIR` the config folder. Provider API keys come
+from the environment only (each adapter names its variable); a key written into
+YAML is refused at start. Every error names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+STAGES = ("llm", "tts", "avatar", "realtime")
+LATENCY_MODES = ("low", "balanced", "quality")
+_SECRET_HINTS = ("api_key", "apikey", "secret", "password", "token")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and the allowed values."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    listen: str = "127.0.0.1:50051"
+    grace_period_s: float = 10.0
+    max_message_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    default_persona: str = "neutral"
+    max_text_chars: int = 4000
+    history_turns: int = 20
+    attach_timeout_s: int = 600
+    outbox_capacity: int = 256
+    config_timeout_s: float = 30.0
+    max_lead_ms: float = 500.0
+
+
+@dataclass(frozen=True, slots=True)
+class RenderDefaults:
+    fps: int = 25
+    width: int = 256
+    height: int = 256
+    latency_mode: str = "balanced"
+
+
+@dataclass(frozen=True, slots=True)
+class SegmenterSettings:
+    first_clause_min_chars: int = 12
+    max_chars: int = 240
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    level: str = "info"
+    format: str = "auto"  # auto: JSON when stderr is not a terminal
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentConfig:
+    adapter: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    fallback: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    profile: str
+    config_dir: Path
+    server: ServerSettings
+    session: SessionSettings
+    render: RenderDefaults
+    segmenter: SegmenterSettings
+    log: LogSettings
+    components: Mapping[str, ComponentConfig]
+    personas_file: Path
+
+
+T = TypeVar("T")
+
+
+def _section(cls: type[T], data: Any, where: str) -> T:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a mapping")
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]} is not a setting; allowed: {sorted(known)}")
+    values = {}
+    for name, value in data.items():
+        default = getattr(cls(), name) if name != "adapter" else ""
+        kind = type(default)
+        try:
+            values[name] = kind(value) if kind in (int, float, str) else value
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}.{name} must be a {kind.__name__}, got {value!r}") from None
+    return cls(**values)
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, Mapping) else value
+    return out
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith("TTH_") or "__" not in name:
+            continue
+        path = [p.lower() for p in name[4:].split("__")]
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(raw) if raw else raw
+    return tree
+
+
+def _refuse_secrets(data: Any, where: str) -> None:
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            if any(h in str(key).lower() for h in _SECRET_HINTS) and value:
+                raise ConfigError(
+                    f"{where}.{key}: API keys and secrets come from the environment only, never from YAML"
+                )
+            _refuse_secrets(value, f"{where}.{key}")
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            _refuse_secrets(value, f"{where}[{i}]")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must hold a mapping")
+    return data
+
+
+def list_profiles(config_dir: Path = DEFAULT_CONFIG_DIR) -> list[str]:
+    return sorted(p.stem for p in (config_dir / "profiles").glob("*.yaml"))
+
+
+def load_config(
+    profile: str | None = None,
+    *,
+    config_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Load and validate the configuration for `profile` (default: TTH_PROFILE or base.yaml's)."""
+    env = os.environ if env is None else env
+    config_dir = Path(config_dir or env.get("TTH_CONFIG_DIR") or DEFAULT_CONFIG_DIR)
+    data = _read_yaml(config_dir / "base.yaml")
+    _refuse_secrets(data, "base.yaml")
+    profile = profile or env.get("TTH_PROFILE") or str(data.pop("profile", "local"))
+    data.pop("profile", None)
+    profile_path = config_dir / "profiles" / f"{profile}.yaml"
+    if not profile_path.exists():
+        raise ConfigError(f"profile {profile!r} does not exist; allowed: {list_profiles(config_dir)}")
+    profile_data = _read_yaml(profile_path)
+    _refuse_secrets(profile_data, f"profiles/{profile}.yaml")
+    data = _merge(data, profile_data)
+    data = _merge(data, _env_overrides(env))
+    if overrides:
+        data = _merge(data, overrides)
+    return _build(profile, config_dir, data)
+
+
+def _build(profile: str, config_dir: Path, data: dict[str, Any]) -> Config:
+    allowed = {"server", "session", "render", "segmenter", "log", "components", "personas_file"}
+    unknown = set(data) - allowed
+    if unknown:
+        raise ConfigError(f"{sorted(unknown)[0]} is not a setting; allowed: {sorted(allowed)}")
+    render = _section(RenderDefaults, data.get("render"), "render")
+    if render.latency_mode not in LATENCY_MODES:
+        raise ConfigError(f"render.latency_mode must be one of {list(LATENCY_MODES)}, got {render.latency_mode!r}")
+    log = _section(LogSettings, data.get("log"), "log")
+    if log.format not in ("auto", "json", "console"):
+        raise ConfigError(f"log.format must be one of ['auto', 'console', 'json'], got {log.format!r}")
+    components = {}
+    for stage, spec in (data.get("components") or {}).items():
+        if stage not in STAGES:
+            raise ConfigError(f"components.{stage} is not a stage; allowed: {list(STAGES)}")
+        if spec is None:
+            continue
+        if not isinstance(spec, Mapping) or not spec.get("adapter"):
+            raise ConfigError(f"components.{stage}.adapter is required (an adapter name)")
+        extra = set(spec) - {"adapter", "options", "fallback"}
+        if extra:
+            raise ConfigError(
+                f"components.{stage}.{sorted(extra)[0]} is not a setting; allowed: adapter, options, fallback"
+            )
+        fallback = tuple(f if isinstance(f, Mapping) else {"adapter": f} for f in spec.get("fallback") or ())
+        components[stage] = ComponentConfig(str(spec["adapter"]), dict(spec.get("options") or {}), fallback)
+    cascade = {"llm", "tts"} <= set(components) or "realtime" in components
+    if not cascade or "avatar" not in components:
+        raise ConfigError("components must name llm and tts (or realtime), and avatar")
+    return Config(
+        profile=profile,
+        config_dir=config_dir,
+        server=_section(ServerSettings, data.get("server"), "server"),
+        session=_section(SessionSettings, data.get("session"), "session"),
+        render=render,
+        segmenter=_section(SegmenterSettings, data.get("segmenter"), "segmenter"),
+        log=log,
+        components=components,
+        personas_file=config_dir / str(data.get("personas_file", "personas.yaml")),
+    )

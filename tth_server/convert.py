@@ -1,0 +1,223 @@
+"""Proto <-> domain conversion, in one place: requests in (validated), events out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters.base import Stage
+from tth_client.v1 import controls_pb2 as cpb
+from tth_client.v1 import conversation_pb2 as pb
+from tth_client.v1 import media_pb2 as mpb
+from tth_server.controls import ControlError, ControlPatch, EmotionLabel
+from tth_server.events import (
+    AudioOut,
+    ControlReport,
+    ErrorCode,
+    ErrorOut,
+    Event,
+    InterruptReason,
+    Started,
+    TextOut,
+    TurnCompleted,
+    TurnInterrupted,
+    TurnMetrics,
+    VideoOut,
+)
+from tth_server.media import MarkKind, VideoEncoding
+from tth_server.runtime import RenderRequest
+
+_LABELS = {
+    cpb.EMOTION_LABEL_NEUTRAL: EmotionLabel.NEUTRAL,
+    cpb.EMOTION_LABEL_HAPPY: EmotionLabel.HAPPY,
+    cpb.EMOTION_LABEL_SAD: EmotionLabel.SAD,
+    cpb.EMOTION_LABEL_ANGRY: EmotionLabel.ANGRY,
+    cpb.EMOTION_LABEL_SURPRISED: EmotionLabel.SURPRISED,
+    cpb.EMOTION_LABEL_FEARFUL: EmotionLabel.FEARFUL,
+    cpb.EMOTION_LABEL_DISGUSTED: EmotionLabel.DISGUSTED,
+}
+LABEL_TO_PROTO = {v: k for k, v in _LABELS.items()}
+_LATENCY = {cpb.LATENCY_MODE_LOW: "low", cpb.LATENCY_MODE_BALANCED: "balanced", cpb.LATENCY_MODE_QUALITY: "quality"}
+_STAGES = {
+    Stage.LLM: pb.STAGE_LLM,
+    Stage.TTS: pb.STAGE_TTS,
+    Stage.AVATAR: pb.STAGE_AVATAR,
+    Stage.REALTIME: pb.STAGE_REALTIME,
+}
+_MARKS = {
+    MarkKind.WORD: mpb.SPEECH_MARK_TYPE_WORD,
+    MarkKind.PHONEME: mpb.SPEECH_MARK_TYPE_PHONEME,
+    MarkKind.SENTENCE: mpb.SPEECH_MARK_TYPE_SENTENCE,
+}
+_ENCODINGS = {VideoEncoding.JPEG: mpb.VIDEO_ENCODING_JPEG, VideoEncoding.RAW_RGB: mpb.VIDEO_ENCODING_RAW_RGB}
+_REASONS = {
+    InterruptReason.CLIENT: pb.INTERRUPT_REASON_CLIENT,
+    InterruptReason.BARGE_IN: pb.INTERRUPT_REASON_BARGE_IN,
+    InterruptReason.SHUTDOWN: pb.INTERRUPT_REASON_SHUTDOWN,
+}
+_ERRORS = {
+    ErrorCode.INVALID_ARGUMENT: pb.ERROR_CODE_INVALID_ARGUMENT,
+    ErrorCode.FAILED_PRECONDITION: pb.ERROR_CODE_FAILED_PRECONDITION,
+    ErrorCode.RESOURCE_EXHAUSTED: pb.ERROR_CODE_RESOURCE_EXHAUSTED,
+    ErrorCode.UNAVAILABLE: pb.ERROR_CODE_UNAVAILABLE,
+    ErrorCode.DEADLINE_EXCEEDED: pb.ERROR_CODE_DEADLINE_EXCEEDED,
+    ErrorCode.UNAUTHENTICATED: pb.ERROR_CODE_UNAUTHENTICATED,
+    ErrorCode.INTERNAL: pb.ERROR_CODE_INTERNAL,
+}
+STAGE_TO_PROTO = _STAGES
+
+
+# ---- requests in -----------------------------------------------------------------------------------------------
+
+
+def patch_from_proto(msg: cpb.TurnControl, where: str) -> ControlPatch:
+    """A validated control layer; ControlError names the field (under `where`) and its limit."""
+    e, c = msg.emotion, msg.character
+    label = None
+    if e.label != cpb.EMOTION_LABEL_UNSPECIFIED:
+        if e.label not in _LABELS:
+            raise ControlError(f"{where}.emotion.label: unknown value {e.label}; allowed 1..7 (EMOTION_LABEL_*)")
+        label = _LABELS[e.label]
+    persona_id = c.persona_id if c.HasField("persona_id") else None
+    if persona_id is not None and not persona_id:
+        raise ControlError(f"{where}.character.persona_id must not be empty when set")
+    return ControlPatch(
+        label=label,
+        intensity=e.intensity if e.HasField("intensity") else None,
+        valence=e.valence if e.HasField("valence") else None,
+        arousal=e.arousal if e.HasField("arousal") else None,
+        persona_id=persona_id,
+        speech_rate=c.speech_rate if c.HasField("speech_rate") else None,
+        pitch_shift=c.pitch_shift if c.HasField("pitch_shift") else None,
+        expressivity=c.expressivity if c.HasField("expressivity") else None,
+        motion_gain=c.motion_gain if c.HasField("motion_gain") else None,
+    ).validated(f"{where}.")
+
+
+def render_from_proto(msg: cpb.RenderOptions, where: str) -> RenderRequest:
+    mode = None
+    if msg.latency_mode != cpb.LATENCY_MODE_UNSPECIFIED:
+        if msg.latency_mode not in _LATENCY:
+            raise ControlError(f"{where}.latency_mode: unknown value {msg.latency_mode}; allowed 1..3 (LATENCY_MODE_*)")
+        mode = _LATENCY[msg.latency_mode]
+    return RenderRequest(
+        fps=msg.fps if msg.HasField("fps") else None,
+        width=msg.width if msg.HasField("width") else None,
+        height=msg.height if msg.HasField("height") else None,
+        latency_mode=mode,
+    )
+
+
+def text_from_proto(text: str, limit: int, where: str) -> str:
+    cleaned = text.strip()
+    if not cleaned:
+        raise ControlError(f"{where} must not be empty")
+    if len(cleaned) > limit:
+        raise ControlError(f"{where} is {len(cleaned)} characters; the limit is {limit}")
+    return cleaned
+
+
+# ---- events out ------------------------------------------------------------------------------------------------
+
+
+def _metrics(m: TurnMetrics) -> pb.TurnMetrics:
+    return pb.TurnMetrics(
+        time_to_first_text_ms=m.time_to_first_text_ms,
+        time_to_first_audio_ms=m.time_to_first_audio_ms,
+        time_to_first_video_ms=m.time_to_first_video_ms,
+        llm_first_token_ms=m.llm_first_token_ms,
+        tts_first_byte_ms=m.tts_first_byte_ms,
+        avatar_first_frame_ms=m.avatar_first_frame_ms,
+        stages=[
+            pb.StageTiming(
+                stage=_STAGES[s.stage], first_byte_ms=s.first_byte_ms, adapter=s.adapter, fallback_used=s.fallback_used
+            )
+            for s in m.stages
+        ],
+        drift_mean_ms=m.drift_mean_ms,
+        drift_max_ms=m.drift_max_ms,
+        frames=m.frames,
+        frames_dropped=m.frames_dropped,
+        audio_ms=m.audio_ms,
+        total_ms=m.total_ms,
+    )
+
+
+def _report(r: ControlReport) -> pb.ControlReport:
+    return pb.ControlReport(
+        applied=[
+            pb.AppliedControl(field=a.field, value=a.value, source=a.source, stage=_STAGES[a.stage], detail=a.detail)
+            for a in r.applied
+        ],
+        downgraded=[pb.DowngradedControl(field=d.field, stage=_STAGES[d.stage], reason=d.reason) for d in r.downgraded],
+    )
+
+
+def _payload(event: Event) -> tuple[str, Any]:
+    """The oneof arm name and message for an event (shared by Converse and Generate)."""
+    if isinstance(event, AudioOut):
+        c = event.chunk
+        marks = [mpb.SpeechMark(type=_MARKS[m.kind], timestamp_ms=m.time_ms, text=m.text) for m in c.marks]
+        return "audio", mpb.AudioChunk(
+            data=c.pcm,
+            sample_rate_hz=c.sample_rate_hz,
+            timestamp_ms=c.timestamp_ms,
+            duration_ms=c.duration_ms,
+            marks=marks,
+        )
+    if isinstance(event, VideoOut):
+        f = event.frame
+        return "video", mpb.VideoFrame(
+            data=f.data,
+            encoding=_ENCODINGS[f.encoding],
+            width=f.width,
+            height=f.height,
+            frame_index=f.frame_index,
+            timestamp_ms=f.timestamp_ms,
+            drift_ms=f.drift_ms,
+        )
+    if isinstance(event, TextOut):
+        return "text_delta", pb.TextDelta(text=event.text)
+    if isinstance(event, TurnCompleted):
+        return "turn_complete", pb.TurnComplete(
+            metrics=_metrics(event.metrics), control_report=_report(event.report), text=event.text
+        )
+    if isinstance(event, TurnInterrupted):
+        return "turn_interrupted", pb.TurnInterrupted(
+            spoken_text=event.spoken_text,
+            played_ms=event.played_ms,
+            reason=_REASONS[event.reason],
+            metrics=_metrics(event.metrics),
+        )
+    if isinstance(event, ErrorOut):
+        return "error", pb.Error(
+            code=_ERRORS[event.code],
+            message=event.message,
+            retryable=event.retryable,
+            retry_after_ms=event.retry_after_ms,
+        )
+    if isinstance(event, Started):
+        return "started", started_proto(event, "")
+    raise TypeError(f"no proto for {type(event).__name__}")
+
+
+def started_proto(event: Started, session_id: str) -> pb.SessionStarted:
+    r = event.render
+    return pb.SessionStarted(
+        session_id=session_id,
+        audio=mpb.AudioFormat(sample_rate_hz=event.sample_rate_hz, channels=1, encoding=mpb.AUDIO_ENCODING_PCM_S16LE),
+        video=mpb.VideoFormat(encoding=mpb.VIDEO_ENCODING_JPEG, width=r.width, height=r.height, fps=r.fps),
+        persona_id=event.persona_id,
+        persona_name=event.persona_name,
+    )
+
+
+def converse_response(event: Event, session_id: str, seq: int) -> pb.ConverseResponse:
+    if isinstance(event, Started):
+        return pb.ConverseResponse(session_id=session_id, seq=seq, started=started_proto(event, session_id))
+    arm, message = _payload(event)
+    return pb.ConverseResponse(session_id=session_id, turn_id=event.turn_id, seq=seq, **{arm: message})
+
+
+def generate_response(event: Event, seq: int) -> pb.GenerateResponse:
+    arm, message = _payload(event)
+    return pb.GenerateResponse(turn_id=event.turn_id, seq=seq, **{arm: message})

@@ -1,0 +1,305 @@
+"""The turn pipeline: LLM stream -> segmenter -> TTS stream -> avatar, all at once.
+
+Three tasks run concurrently for a turn and hand work on through small bounded
+queues: the LLM task sends text deltas as tokens arrive and cuts the text into
+segments; the speech task synthesizes each segment as soon as it is cut, puts
+the audio on the turn's media clock and sends it; the face task renders frames
+from that audio and sends them. Media is paced by a `Pacer`, so it runs at most
+a bounded lead ahead of real time (a `Generate` call runs unpaced). Cancelling
+`TurnPipeline.run` cancels every stage at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from adapters.base import (
+    AvatarAdapter,
+    AvatarInput,
+    ControlMapping,
+    LLMAdapter,
+    LLMRequest,
+    Message,
+    Stage,
+    TTSAdapter,
+)
+from tth_server.controls import ControlPatch, Controls, resolve
+from tth_server.drift import DriftController
+from tth_server.events import AppliedControl, ControlReport, DowngradedControl, StageTiming, TurnMetrics
+from tth_server.media import AudioChunk, MarkKind, RenderSettings, SpeechMark, VideoFrame
+from tth_server.personas import Persona
+from tth_server.prompt import system_prompt
+from tth_server.segmenter import Hint, HintParser, Segment, Segmenter
+
+
+class TurnSink(Protocol):
+    """Where a turn's output goes: a session's outbox, or a Generate call's stream."""
+
+    async def text(self, text: str) -> None: ...
+    async def audio(self, chunk: AudioChunk) -> None: ...
+    async def video(self, frame: VideoFrame) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Stages:
+    llm: LLMAdapter
+    tts: TTSAdapter
+    avatar: AvatarAdapter
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentPolicy:
+    first_clause_min_chars: int = 12
+    max_chars: int = 240
+    sentences_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    turn_id: str
+    user_text: str
+    history: tuple[Message, ...]
+    layers: Sequence[tuple[str, ControlPatch]]  # highest priority first, persona excluded
+    persona: Persona
+    render: RenderSettings
+    segments: SegmentPolicy = SegmentPolicy()
+
+
+class Pacer:
+    """Holds media back to at most `lead_ms` ahead of real time on the turn's clock.
+
+    The clock's zero is the moment the first audio chunk is released. With
+    `lead_ms=None` nothing is held back.
+    """
+
+    def __init__(self, lead_ms: float | None) -> None:
+        self._lead_s = None if lead_ms is None else lead_ms / 1000
+        self.zero: float | None = None
+
+    async def wait(self, timestamp_ms: float) -> None:
+        if self._lead_s is None:
+            return
+        now = time.monotonic()
+        if self.zero is None:
+            self.zero = now
+            return
+        delay = self.zero + timestamp_ms / 1000 - self._lead_s - now
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def elapsed_ms(self) -> float:
+        return 0.0 if self.zero is None else (time.monotonic() - self.zero) * 1000
+
+
+@dataclass(slots=True)
+class SpokenSegment:
+    text: str
+    start_ms: float
+    end_ms: float
+    word_times: list[float] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class TurnRun:
+    """What a running turn has done so far; read when it ends, however it ends."""
+
+    request: TurnRequest
+    pacer: Pacer
+    started: float = field(default_factory=time.monotonic)
+    metrics: TurnMetrics = field(default_factory=TurnMetrics)
+    report: ControlReport = field(default_factory=ControlReport)
+    text_parts: list[str] = field(default_factory=list)
+    spoken: list[SpokenSegment] = field(default_factory=list)
+    audio_end_ms: float = 0.0
+    drift: DriftController | None = None
+
+    def since_start_ms(self) -> float:
+        return (time.monotonic() - self.started) * 1000
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts).strip()
+
+    def heard_ms(self, played_ms: float | None) -> float:
+        """Audio counted as heard: what the client says it played, else what real time allows."""
+        estimate = self.pacer.elapsed_ms() if played_ms is None else played_ms
+        return max(0.0, min(estimate, self.audio_end_ms))
+
+    def spoken_text(self, cut_ms: float) -> str:
+        """The reply text whose audio starts before `cut_ms`, cut at a word boundary."""
+        out: list[str] = []
+        for seg in self.spoken:
+            if seg.end_ms <= cut_ms:
+                out.append(seg.text)
+                continue
+            if seg.start_ms < cut_ms:
+                words = seg.text.split()
+                if seg.word_times:
+                    n = sum(1 for t in seg.word_times if t < cut_ms)
+                else:
+                    n = int(len(words) * (cut_ms - seg.start_ms) / max(seg.end_ms - seg.start_ms, 1e-6))
+                out.append(" ".join(words[:n]))
+            break
+        return " ".join(p for p in out if p)
+
+    def finish_metrics(self, dropped: int) -> TurnMetrics:
+        m = self.metrics
+        m.audio_ms = self.audio_end_ms
+        m.frames_dropped = dropped
+        if self.drift is not None:
+            m.drift_mean_ms = self.drift.mean_abs_ms
+            m.drift_max_ms = self.drift.max_abs_ms
+        m.total_ms = self.since_start_ms()
+        return m
+
+
+class _Report:
+    """Collects each stage's applied and downgraded controls, once per distinct entry."""
+
+    def __init__(self, report: ControlReport) -> None:
+        self._report = report
+        self._seen: set[tuple[str, Stage, str]] = set()
+
+    def add(self, stage: Stage, mapping: ControlMapping) -> None:
+        controls = mapping.controls
+        for a in mapping.applied:
+            name = a.field.split(".", 1)[1]
+            value = controls.value_text(name)
+            if (a.field, stage, value) not in self._seen:
+                self._seen.add((a.field, stage, value))
+                source = controls.sources.get(name, "default")
+                self._report.applied.append(AppliedControl(a.field, value, source, stage, a.detail))
+        for d in mapping.downgraded:
+            if (d.field, stage, "") not in self._seen:
+                self._seen.add((d.field, stage, ""))
+                self._report.downgraded.append(DowngradedControl(d.field, stage, d.reason))
+
+
+class TurnPipeline:
+    def __init__(self, stages: Stages) -> None:
+        self.stages = stages
+
+    def controls_for(self, request: TurnRequest, hint: ControlPatch | None) -> Controls:
+        layers = [*request.layers, ("persona", request.persona.controls)]
+        if hint is not None:
+            layers.append(("llm_hint", hint))
+        return resolve(layers)
+
+    async def run(self, run: TurnRun, sink: TurnSink) -> None:
+        """Run the turn to its end. Raises what a stage raised; cancel to interrupt."""
+        request = run.request
+        report = _Report(run.report)
+        controls = self.controls_for(request, None)
+        prompt, prompt_applied = system_prompt(request.persona, controls)
+        report.add(Stage.LLM, ControlMapping(controls, applied=prompt_applied))
+        segments: asyncio.Queue[Segment | None] = asyncio.Queue(maxsize=4)
+        audio: asyncio.Queue[AvatarInput | None] = asyncio.Queue(maxsize=8)
+        llm_request = LLMRequest(prompt, request.user_text, request.history, controls)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._write(run, llm_request, sink, segments))
+            tasks.create_task(self._speak(run, report, sink, segments, audio))
+            tasks.create_task(self._animate(run, sink, audio))
+
+    async def _write(
+        self, run: TurnRun, llm_request: LLMRequest, sink: TurnSink, out: asyncio.Queue[Segment | None]
+    ) -> None:
+        policy = run.request.segments
+        parser = HintParser()
+        segmenter = Segmenter(policy.first_clause_min_chars, policy.max_chars, policy.sentences_only)
+        first = True
+        async for piece in self.stages.llm.stream(llm_request):
+            if first:
+                first = False
+                run.metrics.llm_first_token_ms = run.since_start_ms()
+                run.metrics.stages.append(StageTiming(Stage.LLM, run.metrics.llm_first_token_ms, self.stages.llm.name))
+            for item in parser.feed(piece):
+                await self._text(run, sink, segmenter, item, out)
+        for item in parser.flush():
+            await self._text(run, sink, segmenter, item, out)
+        for segment in segmenter.flush():
+            await out.put(segment)
+        await out.put(None)
+
+    @staticmethod
+    async def _text(
+        run: TurnRun, sink: TurnSink, segmenter: Segmenter, item: str | Hint, out: asyncio.Queue[Segment | None]
+    ) -> None:
+        if isinstance(item, Hint):
+            segmenter.hint(item.patch)
+            return
+        if not item:
+            return
+        if not run.text_parts:
+            run.metrics.time_to_first_text_ms = run.since_start_ms()
+        run.text_parts.append(item)
+        await sink.text(item)
+        for segment in segmenter.feed(item):
+            await out.put(segment)
+
+    async def _speak(
+        self,
+        run: TurnRun,
+        report: _Report,
+        sink: TurnSink,
+        segments: asyncio.Queue[Segment | None],
+        out: asyncio.Queue[AvatarInput | None],
+    ) -> None:
+        tts, avatar = self.stages.tts, self.stages.avatar
+        first_chunk = True
+        while (segment := await segments.get()) is not None:
+            controls = self.controls_for(run.request, segment.hint)
+            tts_mapping, face_mapping = tts.map_controls(controls), avatar.map_controls(controls)
+            report.add(Stage.TTS, tts_mapping)
+            report.add(Stage.AVATAR, face_mapping)
+            spoken = SpokenSegment(segment.text, run.audio_end_ms, run.audio_end_ms)
+            run.spoken.append(spoken)
+            asked = time.monotonic()
+            async for piece in tts.synthesize(segment.text, tts_mapping):
+                if first_chunk:
+                    first_chunk = False
+                    run.metrics.tts_first_byte_ms = (time.monotonic() - asked) * 1000
+                    run.metrics.stages.append(StageTiming(Stage.TTS, run.metrics.tts_first_byte_ms, tts.name))
+                chunk = self._on_clock(piece, run.audio_end_ms)
+                await run.pacer.wait(chunk.timestamp_ms)
+                if not run.audio_end_ms:
+                    run.metrics.time_to_first_audio_ms = run.since_start_ms()
+                await sink.audio(chunk)
+                run.audio_end_ms = spoken.end_ms = chunk.end_ms
+                spoken.word_times.extend(m.time_ms for m in chunk.marks if m.kind is MarkKind.WORD)
+                await out.put(AvatarInput(chunk, face_mapping))
+        await out.put(None)
+
+    @staticmethod
+    def _on_clock(chunk: AudioChunk, at_ms: float) -> AudioChunk:
+        """Move a chunk (stamped relative to its synthesis call) to `at_ms` on the turn's clock."""
+        shift = at_ms - chunk.timestamp_ms
+        marks = tuple(SpeechMark(m.kind, m.time_ms + shift, m.text) for m in chunk.marks)
+        return replace(chunk, timestamp_ms=at_ms, marks=marks)
+
+    async def _animate(self, run: TurnRun, sink: TurnSink, audio: asyncio.Queue[AvatarInput | None]) -> None:
+        avatar = self.stages.avatar
+        drift = run.drift = DriftController(run.request.render)
+        first_audio_at: list[float] = []
+
+        async def inputs() -> AsyncIterator[AvatarInput]:
+            while (item := await audio.get()) is not None:
+                if not first_audio_at:
+                    first_audio_at.append(time.monotonic())
+                yield item
+
+        async for raw in avatar.render(inputs(), run.request.render):
+            frame = drift.place(raw)
+            if frame is None:
+                continue
+            if run.metrics.frames == 0:
+                run.metrics.avatar_first_frame_ms = (time.monotonic() - first_audio_at[0]) * 1000
+                run.metrics.stages.append(StageTiming(Stage.AVATAR, run.metrics.avatar_first_frame_ms, avatar.name))
+            await run.pacer.wait(frame.timestamp_ms)
+            if run.metrics.frames == 0:
+                run.metrics.time_to_first_video_ms = run.since_start_ms()
+            run.metrics.frames += 1
+            await sink.video(frame)

@@ -1,0 +1,126 @@
+"""Build, run and stop the gRPC server: the conversation service, health checking and reflection.
+
+`serve()` returns a `RunningServer` bound to the configured address (port 0
+picks a free port, which tests use). Health is reported overall (""), for the
+service, and per stage ("tth.llm", "tth.tts", "tth.avatar"), refreshed from the
+adapters' own health checks. `stop()` is the graceful shutdown that SIGTERM
+triggers: health flips to NOT_SERVING so balancers stop sending, new calls are
+refused, and running calls get the grace period to finish before they are
+cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tth_client.v1 import conversation_pb2 as pb
+from tth_client.v1 import conversation_pb2_grpc as pb_grpc
+from tth_server.config import Config
+from tth_server.logs import log
+from tth_server.runtime import Runtime
+from tth_server.servicer import ConversationServicer
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ConversationService"].full_name
+HEALTH_REFRESH_S = 10.0
+
+
+def stage_health_name(stage: str) -> str:
+    return f"tth.{stage}"
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    runtime: Runtime
+    health: health.aio.HealthServicer
+    _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def refresh_health(self) -> None:
+        for stage, adapter in self.runtime.adapters.items():
+            try:
+                ok = (await adapter.health()).healthy
+            except Exception:
+                ok = False
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            await self.health.set(stage_health_name(stage), status)
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_REFRESH_S)
+            await self.refresh_health()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful shutdown: NOT_SERVING, refuse new calls, let running ones finish within the grace period."""
+        grace = self.runtime.config.server.grace_period_s if grace_s is None else grace_s
+        await self.health.enter_graceful_shutdown()
+        if self._refresher is not None:
+            self._refresher.cancel()
+        # During the grace period new RPCs are rejected and running ones may finish;
+        # after it, they are cancelled.
+        await self.server.stop(grace)
+        await self.runtime.aclose()
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def serve(config: Config, listen: str | None = None) -> RunningServer:
+    """Start adapters and the server; returns once it accepts calls."""
+    runtime = Runtime(config)
+    await runtime.start()
+    limit = config.server.max_message_bytes
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+    )
+    pb_grpc.add_ConversationServiceServicer_to_server(ConversationServicer(runtime), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    address = listen or config.server.listen
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    running = RunningServer(server, port, runtime, health_servicer)
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await running.refresh_health()
+    running._refresher = asyncio.get_running_loop().create_task(running._refresh_forever())
+    log.info(
+        "server started",
+        listen=address,
+        port=port,
+        profile=config.profile,
+        adapters={s: a.name for s, a in runtime.adapters.items()},
+    )
+    return running
+
+
+async def run_until_signalled(config: Config, listen: str | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    import signal
+
+    running = await serve(config, listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", grace_period_s=config.server.grace_period_s)
+    await running.stop()
