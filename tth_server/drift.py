@@ -10,6 +10,7 @@ and keeps the turn's mean and max |drift|.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from tth_server.media import RenderSettings, VideoFrame
@@ -27,7 +28,7 @@ class DriftController:
     def place(self, frame: VideoFrame) -> VideoFrame | None:
         """The frame on its grid slot, or None when that slot has been shown already."""
         if abs(frame.drift_ms) > self._frame_ms / 2:
-            slot = round(frame.source_audio_ms / self._frame_ms)
+            slot = math.floor(frame.source_audio_ms / self._frame_ms + 0.5)
             if slot < self._next_slot:
                 self.corrected += 1
                 return None

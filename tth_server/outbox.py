@@ -49,11 +49,17 @@ class Outbox:
         self._append(event)
 
     def purge(self, turn_id: str) -> int:
-        """Remove every queued event of `turn_id`; returns how many."""
-        before = len(self._items)
-        self._items = deque(e for e in self._items if getattr(e, "turn_id", "") != turn_id)
+        """Remove every queued event of `turn_id`; returns how many video frames that took back."""
+        kept: deque[Event] = deque()
+        frames = 0
+        for event in self._items:
+            if getattr(event, "turn_id", "") != turn_id:
+                kept.append(event)
+            elif isinstance(event, VideoOut):
+                frames += 1
+        self._items = kept
         self._wake_writers()
-        return before - len(self._items)
+        return frames
 
     def close(self) -> None:
         """No more events will come; `get` returns None once the queue is empty."""

@@ -146,10 +146,12 @@ class TurnRun:
             break
         return " ".join(p for p in out if p)
 
-    def finish_metrics(self, dropped: int) -> TurnMetrics:
+    def finish_metrics(self, dropped: int, unsent: int = 0) -> TurnMetrics:
+        """Final metrics; `dropped` frames were shed for a slow reader, `unsent` cut by an interrupt."""
         m = self.metrics
         m.audio_ms = self.audio_end_ms
         m.frames_dropped = dropped
+        m.frames -= dropped + unsent
         if self.drift is not None:
             m.drift_mean_ms = self.drift.mean_abs_ms
             m.drift_max_ms = self.drift.max_abs_ms
@@ -301,5 +303,5 @@ class TurnPipeline:
             await run.pacer.wait(frame.timestamp_ms)
             if run.metrics.frames == 0:
                 run.metrics.time_to_first_video_ms = run.since_start_ms()
-            run.metrics.frames += 1
+            run.metrics.frames += 1  # produced; finish_metrics leaves only those sent
             await sink.video(frame)

@@ -18,7 +18,7 @@ from tth_server import registry
 from tth_server.config import Config, ConfigError
 from tth_server.controls import ControlError, ControlPatch
 from tth_server.errors import turn_failure
-from tth_server.events import AudioOut, Event, TextOut, TurnCompleted, VideoOut
+from tth_server.events import AudioOut, Event, Started, TextOut, TurnCompleted, VideoOut
 from tth_server.media import AudioChunk, RenderSettings, VideoFrame
 from tth_server.personas import PersonaCatalog
 from tth_server.pipeline import Pacer, SegmentPolicy, Stages, TurnPipeline, TurnRequest, TurnRun
@@ -141,6 +141,7 @@ class Runtime:
 
         task = asyncio.get_running_loop().create_task(produce())
         try:
+            yield Started(self.sample_rate_hz, settings, persona.id, persona.name, turn_id)
             while (event := await queue.get()) is not None:
                 yield event
         finally:

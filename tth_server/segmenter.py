@@ -139,6 +139,6 @@ class Segmenter:
                 return False  # wait for the next token to decide
             if word.strip("(\"'") in _ABBREVIATIONS:
                 return False
-        if nxt in _SENTENCE_END:
+        if nxt and nxt in _SENTENCE_END:
             return False  # let "?!" or "..." finish first
         return True

@@ -187,10 +187,10 @@ class Session:
 
     def _interrupted(self, run: TurnRun, reason: InterruptReason, played_ms: float | None) -> None:
         turn_id = run.request.turn_id
-        self.outbox.purge(turn_id)
+        unsent = self.outbox.purge(turn_id)
         heard = run.heard_ms(played_ms)
         spoken = run.spoken_text(heard)
-        metrics = run.finish_metrics(self.outbox.dropped.pop(turn_id, 0))
+        metrics = run.finish_metrics(self.outbox.dropped.pop(turn_id, 0), unsent)
         self.outbox.put_control(TurnInterrupted(turn_id, spoken, heard, reason, metrics))
         self._remember(run.request.user_text, spoken)
         self._summary(run, "interrupted", reason=reason.value, played_ms=round(heard, 1))

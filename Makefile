@@ -1,0 +1,53 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    create .venv, install TTH, start the server (PROFILE=..., LISTEN=... to choose)
+#   make test   install dev dependencies and buf, lint the protos, check generated code, run the tests
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PROFILE ?=
+LISTEN ?=
+
+.PHONY: run test lint proto breaking bench services clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@ $(VENV)/.installed
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/tth-server $(if $(PROFILE),--profile $(PROFILE)) $(if $(LISTEN),--listen $(LISTEN))
+
+test: $(VENV)/.installed-dev node_modules/.installed
+	npx --no-install buf lint
+	$(BIN)/python scripts/gen_protos.py --check
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy tth_server adapters tth_client
+
+proto: $(VENV)/.installed-dev
+	$(BIN)/python scripts/gen_protos.py
+
+# Compare the protos with the last commit (FILE rules); AGAINST=.git#branch=main to choose.
+breaking: node_modules/.installed
+	npx --no-install buf breaking --against '$(or $(AGAINST),.git#ref=HEAD~1)'
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
