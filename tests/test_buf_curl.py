@@ -18,8 +18,15 @@ async def _buf(*args: str, stdin: str | None = None) -> str:
     if not BUF.exists():
         pytest.fail(f"{BUF} is missing: `make test` installs buf from npm (npm ci)")
     proc = await asyncio.create_subprocess_exec(
-        str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge", *args,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        str(BUF),
+        "curl",
+        "--protocol",
+        "grpc",
+        "--http2-prior-knowledge",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), 60)
     assert proc.returncode == 0, err.decode()
@@ -36,7 +43,9 @@ async def test_buf_curl_lists_services_checks_health_and_runs_a_turn(start_serve
         health = json.loads(await _buf("-d", json.dumps({"service": service}), f"{url}/grpc.health.v1.Health/Check"))
         assert health == {"status": "SERVING"}, service
     out = await _buf(
-        "-d", "@-", f"{url}/tth.v1.ConversationService/Converse",
+        "-d",
+        "@-",
+        f"{url}/tth.v1.ConversationService/Converse",
         stdin='{"config": {"personaId": "casual"}}\n{"text": {"text": "Hello!"}}\n',
     )
     decoder, events, pos = json.JSONDecoder(), [], 0

@@ -38,9 +38,9 @@ def test_an_adapter_of_the_wrong_stage_is_refused() -> None:
 def test_unknown_settings_and_bad_values_name_the_key() -> None:
     with pytest.raises(ConfigError, match=r"session.max_lead is not a setting; allowed: \["):
         load_config("mock", env={}, overrides={"session": {"max_lead": 3}})
-    with pytest.raises(ConfigError, match="render.latency_mode must be one of"):
+    with pytest.raises(ConfigError, match=r"render\.latency_mode must be one of"):
         load_config("mock", env={}, overrides={"render": {"latency_mode": "fast"}})
-    with pytest.raises(ConfigError, match="session.max_text_chars must be a int"):
+    with pytest.raises(ConfigError, match=r"session\.max_text_chars must be a int"):
         load_config("mock", env={}, overrides={"session": {"max_text_chars": "many"}})
 
 

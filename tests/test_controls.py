@@ -20,7 +20,10 @@ def test_each_field_comes_from_the_highest_layer_that_sets_it() -> None:
         ]
     )
     assert (controls.label, controls.intensity, controls.speech_rate, controls.pitch_shift) == (
-        EmotionLabel.SAD, 0.9, 1.2, 0.5,
+        EmotionLabel.SAD,
+        0.9,
+        1.2,
+        0.5,
     )
     assert controls.sources["label"] == "pending" and controls.sources["intensity"] == "turn"
     assert controls.sources["pitch_shift"] == "llm_hint" and controls.sources["motion_gain"] == "default"
@@ -47,9 +50,9 @@ def test_out_of_range_and_non_finite_values_name_the_field_and_limit(patch: Cont
 
 
 def test_yaml_controls_with_unknown_keys_or_labels_are_refused() -> None:
-    with pytest.raises(ControlError, match="p.emotion.mood is not a control"):
+    with pytest.raises(ControlError, match=r"p\.emotion\.mood is not a control"):
         ControlPatch.from_mapping({"emotion": {"mood": 1}}, "p")
-    with pytest.raises(ControlError, match="p.emotion.label must be one of"):
+    with pytest.raises(ControlError, match=r"p\.emotion\.label must be one of"):
         ControlPatch.from_mapping({"emotion": {"label": "bored"}}, "p")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import grpc
 import pytest
@@ -88,7 +89,7 @@ async def test_three_turns_each_get_text_audio_video_and_one_terminal_event(
         assert all(a.duration_ms > 0 for a in audio)
         # Audio is contiguous on the turn's clock, starting at 0.
         assert audio[0].timestamp_ms == 0
-        for a, b in zip(audio, audio[1:], strict=False):
+        for a, b in itertools.pairwise(audio):
             assert b.timestamp_ms == pytest.approx(a.timestamp_ms + a.duration_ms)
         frames = [e.video for e in events if e.HasField("video")]
         assert frames[0].data[:2] == b"\xff\xd8"  # JPEG
@@ -203,7 +204,7 @@ async def test_turn_controls_override_the_pending_update_for_that_turn_only(
     first = (await conv.until_terminal())[-1].turn_complete.control_report
     await conv.say("Hi again!")
     second = (await conv.until_terminal())[-1].turn_complete.control_report
-    label = [a for a in first.applied if a.field == "emotion.label" and a.stage == pb.STAGE_TTS][0]
+    label = next(a for a in first.applied if a.field == "emotion.label" and a.stage == pb.STAGE_TTS)
     assert (label.value, label.source) == ("angry", "turn")
     labels = {(a.value, a.source) for a in second.applied if a.field == "emotion.label" and a.stage == pb.STAGE_TTS}
     assert ("sad", "pending") in labels

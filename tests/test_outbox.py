@@ -7,8 +7,7 @@ import asyncio
 import pytest
 
 from tth_server.drift import DriftController
-from tth_server.events import AudioOut, TextOut, TurnCompleted, TurnMetrics, VideoOut
-from tth_server.events import ControlReport
+from tth_server.events import AudioOut, ControlReport, TextOut, TurnCompleted, TurnMetrics, VideoOut
 from tth_server.media import AudioChunk, RenderSettings, VideoEncoding, VideoFrame
 from tth_server.outbox import Outbox
 

@@ -53,8 +53,8 @@ class Conversation:
         interrupt = pb.Interrupt() if played_ms is None else pb.Interrupt(played_ms=played_ms)
         await self.call.write(pb.ConverseRequest(interrupt=interrupt))
 
-    async def next(self, timeout: float = 20.0) -> pb.ConverseResponse:
-        event = await asyncio.wait_for(self.call.read(), timeout)
+    async def next(self) -> pb.ConverseResponse:
+        event = await asyncio.wait_for(self.call.read(), 20.0)
         assert event is not grpc.aio.EOF, "stream ended"
         self.events.append(event)
         return event

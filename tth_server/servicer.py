@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import grpc
 import structlog
@@ -23,6 +24,11 @@ from tth_server.runtime import Runtime
 from tth_server.session import Session
 
 _MODES = {"local": pb.ADAPTER_MODE_LOCAL, "api": pb.ADAPTER_MODE_API, "self_host": pb.ADAPTER_MODE_SELF_HOST}
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("unreachable: abort raises")
 
 
 class ConversationServicer(pb_grpc.ConversationServiceServicer):
@@ -53,26 +59,31 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
         try:
             first = await asyncio.wait_for(anext(requests), timeout)
         except StopAsyncIteration:
-            await context.abort(
+            await _abort(
+                context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "the stream ended before its first message; the first ConverseRequest must set config",
             )
         except TimeoutError:
-            await context.abort(
+            await _abort(
+                context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"no config within {timeout:g} s; the first ConverseRequest must set config",
             )
         arm = first.WhichOneof("request")
         if arm != "config":
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"the first ConverseRequest must set config, got {arm or 'no field'}"
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the first ConverseRequest must set config, got {arm or 'no field'}",
             )
         cfg = first.config
         try:
             if cfg.session_id:
                 attached = self.runtime.attach(cfg.session_id)
                 if attached is None:
-                    await context.abort(
+                    await _abort(
+                        context,
                         grpc.StatusCode.NOT_FOUND,
                         f"config.session_id {cfg.session_id!r} is not a "
                         "session waiting to be attached (unknown, expired or already attached)",
@@ -85,8 +96,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
                 "config",
             )
         except ControlError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        raise AssertionError("unreachable")
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def _read(self, requests: AsyncIterator[pb.ConverseRequest], session: Session) -> None:
         try:
@@ -132,7 +142,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
                 convert.render_from_proto(request.render, "render"),
             )
         except ControlError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return pb.CreateSessionResponse(
             session_id=session.id, attach_timeout_s=self.runtime.config.session.attach_timeout_s
         )
@@ -148,7 +158,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             events = self.runtime.generate(text, request.persona_id, patch, render)
             first = await anext(events)
         except ControlError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         seq = 1
         yield convert.generate_response(first, seq)
         async for event in events:
