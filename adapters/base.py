@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from tth_server.controls import PUBLIC_NAMES, Controls, EmotionLabel
 from tth_server.media import AudioChunk, RenderSettings, VideoFrame
@@ -142,7 +142,7 @@ class Adapter(ABC):
         )
         return ControlMapping(controls, downgraded=downgraded)
 
-    async def __aenter__(self) -> Adapter:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

@@ -1,0 +1,1 @@
+"""espeak-ng: real offline speech synthesis, the default profile's TTS (`adapters.espeak.tts.EspeakTTS`)."""

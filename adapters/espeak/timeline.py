@@ -1,0 +1,121 @@
+"""Turns espeak's buffers and events into steady `AudioChunk`s carrying `SpeechMark`s.
+
+espeak hands over 60 ms buffers with the events that fall inside them. Callers want
+chunks of a fixed duration (the avatar renders against them), with each mark in the
+chunk whose time range contains it, and word marks named by the words of the input.
+
+Two details of espeak's events shape this module:
+- `audio_position` is truncated to whole ms, so an event at the very start of a
+  buffer can read up to 1 ms earlier than the buffer; it is moved to the buffer's start.
+- Word events do not always match the input's words: "42" gives two events, "don't"
+  a 3-character word, "3:30" two. Each event is therefore named by the whitespace-
+  separated token of the input that contains it (edge punctuation stripped), and a
+  token is marked once, in order.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Iterable, Sequence
+
+from tth_server.media import BYTES_PER_SAMPLE, AudioChunk, MarkKind, SpeechMark
+
+from .binding import Event, EventType
+
+_TOKEN = re.compile(r"\S+")
+_EDGE_PUNCTUATION = re.compile(r"^[\W_]+|[\W_]+$")
+# A sentence runs to its first terminator that is followed by whitespace, or to the end.
+_SENTENCE = re.compile(r"\S.*?(?:[.!?]+(?=\s|$)|$)", re.DOTALL)
+
+
+def _word_text(token: str) -> str:
+    """A word mark's text: the token without edge punctuation ("dog," is "dog", "don't" stays)."""
+    # A token that is all punctuation ("&", "—") keeps its own text; espeak may still speak it.
+    return _EDGE_PUNCTUATION.sub("", token) or token
+
+
+class _Spans:
+    """Non-overlapping spans of a text, looked up by espeak's 1-based character positions."""
+
+    def __init__(self, matches: Iterable[re.Match[str]]) -> None:
+        spans = [(m.start(), m.end(), m.group()) for m in matches]
+        self._starts = [s for s, _, _ in spans]
+        self._ends = [e for _, e, _ in spans]
+        self._texts = [t for _, _, t in spans]
+        self._next = 0
+
+    def take(self, position: int) -> str | None:
+        """The text of the span at `position`, the first time a span at or after the last one is hit."""
+        offset = position - 1
+        i = bisect.bisect_right(self._starts, offset) - 1
+        if i < 0 or offset >= self._ends[i]:
+            i += 1  # between spans: the event belongs to the span that follows
+        if i < self._next or i >= len(self._texts):
+            return None
+        self._next = i + 1
+        return self._texts[i]
+
+
+class Rechunker:
+    """Collects espeak's output for one call and cuts it into chunks of `chunk_ms`."""
+
+    def __init__(self, text: str, sample_rate_hz: int, chunk_ms: int) -> None:
+        self._rate = sample_rate_hz
+        self._chunk_bytes = max(1, round(sample_rate_hz * chunk_ms / 1000)) * BYTES_PER_SAMPLE
+        self._words = _Spans(_TOKEN.finditer(text))
+        self._sentences = _Spans(_SENTENCE.finditer(text))
+        self._pending = bytearray()
+        self._marks: list[SpeechMark] = []
+        self._received = 0
+        self._emitted = 0
+
+    def feed(self, pcm: bytes, events: Sequence[Event]) -> list[AudioChunk]:
+        """Take one espeak buffer; return the chunks that are now complete."""
+        buffer_start_ms = self._ms(self._received)
+        for event in events:
+            mark = self._mark(event, max(float(event.audio_ms), buffer_start_ms))
+            if mark is not None:
+                self._marks.append(mark)
+        self._pending += pcm
+        self._received += len(pcm) // BYTES_PER_SAMPLE
+        chunks: list[AudioChunk] = []
+        # Strictly more than one chunk: the last chunk is held back so the final marks have a home.
+        while len(self._pending) > self._chunk_bytes:
+            chunks.append(self._cut(self._chunk_bytes, final=False))
+        return chunks
+
+    def finish(self) -> list[AudioChunk]:
+        """The last, possibly shorter, chunk with every mark not yet placed."""
+        if not self._pending:
+            return []
+        return [self._cut(len(self._pending), final=True)]
+
+    def _cut(self, size: int, *, final: bool) -> AudioChunk:
+        pcm = bytes(self._pending[:size])
+        del self._pending[:size]
+        start_ms = self._ms(self._emitted)
+        self._emitted += size // BYTES_PER_SAMPLE
+        end_ms = self._ms(self._emitted)
+        if final:
+            # Events at the very end (the closing pause) sit on the last sample, not past it.
+            marks = [m if m.time_ms <= end_ms else SpeechMark(m.kind, end_ms, m.text) for m in self._marks]
+            self._marks = []
+        else:
+            marks = [m for m in self._marks if m.time_ms < end_ms]
+            self._marks = [m for m in self._marks if m.time_ms >= end_ms]
+        return AudioChunk(pcm, self._rate, timestamp_ms=start_ms, marks=tuple(marks))
+
+    def _mark(self, event: Event, time_ms: float) -> SpeechMark | None:
+        if event.kind is EventType.WORD:
+            token = self._words.take(event.text_position)
+            return None if token is None else SpeechMark(MarkKind.WORD, time_ms, _word_text(token))
+        if event.kind is EventType.SENTENCE:
+            sentence = self._sentences.take(event.text_position)
+            return None if sentence is None else SpeechMark(MarkKind.SENTENCE, time_ms, sentence)
+        if event.kind is EventType.PHONEME and event.phoneme:
+            return SpeechMark(MarkKind.PHONEME, time_ms, event.phoneme)
+        return None
+
+    def _ms(self, samples: int) -> float:
+        return samples * 1000.0 / self._rate
