@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,6 +66,39 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StageBudget:
+    """A stage's time budget for one provider call; 0 means no limit."""
+
+    first_byte_ms: float = 10000.0  # from the call (for the avatar: from its first audio) to the first output
+    total_ms: float = 0.0  # time spent waiting on the provider over the whole call
+
+
+_BUDGETS = {
+    "llm": StageBudget(10000.0, 120000.0),
+    "tts": StageBudget(10000.0, 60000.0),
+    "avatar": StageBudget(10000.0, 0.0),
+    "realtime": StageBudget(10000.0, 120000.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    failure_threshold: int = 3  # consecutive failures that open a provider's circuit
+    cooldown_s: float = 30.0  # how long it stays open before one trial call (half-open)
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSettings:
+    """Budgets, retries and circuit breakers around every stage (see tth_server.router)."""
+
+    retries: int = 1  # extra tries on the same provider, only before it produced any output
+    retry_backoff_ms: float = 200.0  # wait before a retry, doubled each time
+    max_retry_after_ms: float = 2000.0  # a longer Retry-After skips to the next provider instead
+    breaker: BreakerSettings = BreakerSettings()
+    budgets: Mapping[str, StageBudget] = field(default_factory=lambda: dict(_BUDGETS))
+
+
+@dataclass(frozen=True, slots=True)
 class ComponentConfig:
     adapter: str
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -83,6 +116,7 @@ class Config:
     log: LogSettings
     components: Mapping[str, ComponentConfig]
     personas_file: Path
+    router: RouterSettings = RouterSettings()
 
 
 T = TypeVar("T")
@@ -182,7 +216,7 @@ def load_config(
 
 
 def _build(profile: str, config_dir: Path, data: dict[str, Any]) -> Config:
-    allowed = {"server", "session", "render", "segmenter", "log", "components", "personas_file"}
+    allowed = {"server", "session", "render", "segmenter", "log", "components", "personas_file", "router"}
     unknown = set(data) - allowed
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]} is not a setting; allowed: {sorted(allowed)}")
@@ -220,4 +254,32 @@ def _build(profile: str, config_dir: Path, data: dict[str, Any]) -> Config:
         log=log,
         components=components,
         personas_file=config_dir / str(data.get("personas_file", "personas.yaml")),
+        router=_router(data.get("router")),
     )
+
+
+def _router(data: Any) -> RouterSettings:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError("router must be a mapping")
+    flat = {k: v for k, v in data.items() if k not in ("breaker", "budgets")}
+    settings = _section(RouterSettings, flat, "router")
+    breaker = _section(BreakerSettings, data.get("breaker"), "router.breaker")
+    budgets = dict(_BUDGETS)
+    raw = data.get("budgets") or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError("router.budgets must be a mapping of stage to {first_byte_ms, total_ms}")
+    for stage, spec in raw.items():
+        if stage not in STAGES:
+            raise ConfigError(f"router.budgets.{stage} is not a stage; allowed: {list(STAGES)}")
+        if not isinstance(spec, Mapping | None):
+            raise ConfigError(f"router.budgets.{stage} must be a mapping with first_byte_ms and total_ms")
+        budgets[stage] = _section(StageBudget, {**asdict(budgets[stage]), **(spec or {})}, f"router.budgets.{stage}")
+        if budgets[stage].first_byte_ms < 0 or budgets[stage].total_ms < 0:
+            raise ConfigError(f"router.budgets.{stage}: budgets must be >= 0 ms (0 means no limit)")
+    if settings.retries < 0 or settings.retry_backoff_ms < 0 or settings.max_retry_after_ms < 0:
+        raise ConfigError("router.retries, router.retry_backoff_ms and router.max_retry_after_ms must be >= 0")
+    if breaker.failure_threshold < 1 or breaker.cooldown_s <= 0:
+        raise ConfigError("router.breaker.failure_threshold must be >= 1 and router.breaker.cooldown_s > 0")
+    return replace(settings, breaker=breaker, budgets=budgets)
