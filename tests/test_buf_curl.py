@@ -16,7 +16,7 @@ BUF = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "buf"
 
 async def _buf(*args: str, stdin: str | None = None) -> str:
     if not BUF.exists():
-        pytest.fail(f"{BUF} is missing: `make test` installs buf from npm (npm ci)")
+        pytest.fail(f"{BUF} is missing: `make test` installs buf from npm (npm install)")
     proc = await asyncio.create_subprocess_exec(
         str(BUF),
         "curl",
