@@ -121,6 +121,15 @@ async def test_word_marks_name_the_words_of_the_text_in_order_within_the_audio(t
     assert times[-1] < audio.duration_ms - 100  # "warm" is spoken, not stamped at the end
 
 
+async def test_words_espeak_folds_into_a_neighbour_still_get_their_own_marks(tts: EspeakTTS) -> None:
+    text = "I am a scripted stand-in for a language model, so I am only a voice."
+    audio = await render(tts, text)
+
+    assert audio.texts(MarkKind.WORD) == [w.strip(",.") for w in text.split()]
+    times = audio.times(MarkKind.WORD)
+    assert times == sorted(times) and len(set(times)) == len(times)
+
+
 async def test_each_mark_travels_in_the_chunk_whose_time_range_contains_it(tts: EspeakTTS) -> None:
     audio = await render(tts, SENTENCE)
 

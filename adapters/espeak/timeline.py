@@ -10,7 +10,10 @@ Two details of espeak's events shape this module:
 - Word events do not always match the input's words: "42" gives two events, "don't"
   a 3-character word, "3:30" two. Each event is therefore named by the whitespace-
   separated token of the input that contains it (edge punctuation stripped), and a
-  token is marked once, in order.
+  token is marked once, in order. espeak also folds short unstressed words into a
+  neighbour ("I am a" can give events for "I" and "a" only): a token skipped that
+  way still gets its mark, timed evenly between the word events around it, so the
+  word marks always spell out the whole input.
 """
 
 from __future__ import annotations
@@ -45,16 +48,22 @@ class _Spans:
         self._texts = [t for _, _, t in spans]
         self._next = 0
 
-    def take(self, position: int) -> str | None:
-        """The text of the span at `position`, the first time a span at or after the last one is hit."""
+    def take(self, position: int) -> list[str]:
+        """The spans skipped since the last hit, then the span at `position`; empty when already taken."""
         offset = position - 1
         i = bisect.bisect_right(self._starts, offset) - 1
         if i < 0 or offset >= self._ends[i]:
             i += 1  # between spans: the event belongs to the span that follows
         if i < self._next or i >= len(self._texts):
-            return None
+            return []
+        taken = self._texts[self._next : i + 1]
         self._next = i + 1
-        return self._texts[i]
+        return taken
+
+    def rest(self) -> list[str]:
+        """The spans never hit."""
+        taken, self._next = self._texts[self._next :], len(self._texts)
+        return taken
 
 
 class Rechunker:
@@ -69,14 +78,13 @@ class Rechunker:
         self._marks: list[SpeechMark] = []
         self._received = 0
         self._emitted = 0
+        self._last_word_ms = 0.0
 
     def feed(self, pcm: bytes, events: Sequence[Event]) -> list[AudioChunk]:
         """Take one espeak buffer; return the chunks that are now complete."""
         buffer_start_ms = self._ms(self._received)
         for event in events:
-            mark = self._mark(event, max(float(event.audio_ms), buffer_start_ms))
-            if mark is not None:
-                self._marks.append(mark)
+            self._marks.extend(self._mark(event, max(float(event.audio_ms), buffer_start_ms)))
         self._pending += pcm
         self._received += len(pcm) // BYTES_PER_SAMPLE
         chunks: list[AudioChunk] = []
@@ -89,6 +97,7 @@ class Rechunker:
         """The last, possibly shorter, chunk with every mark not yet placed."""
         if not self._pending:
             return []
+        self._marks.extend(self._words_before(self._words.rest(), self._ms(self._received)))
         return [self._cut(len(self._pending), final=True)]
 
     def _cut(self, size: int, *, final: bool) -> AudioChunk:
@@ -106,16 +115,27 @@ class Rechunker:
             self._marks = [m for m in self._marks if m.time_ms >= end_ms]
         return AudioChunk(pcm, self._rate, timestamp_ms=start_ms, marks=tuple(marks))
 
-    def _mark(self, event: Event, time_ms: float) -> SpeechMark | None:
+    def _mark(self, event: Event, time_ms: float) -> list[SpeechMark]:
         if event.kind is EventType.WORD:
-            token = self._words.take(event.text_position)
-            return None if token is None else SpeechMark(MarkKind.WORD, time_ms, _word_text(token))
+            *skipped, hit = self._words.take(event.text_position) or [None]
+            if hit is None:
+                return []
+            marks = self._words_before(skipped, time_ms)
+            self._last_word_ms = time_ms
+            return [*marks, SpeechMark(MarkKind.WORD, time_ms, _word_text(hit))]
         if event.kind is EventType.SENTENCE:
-            sentence = self._sentences.take(event.text_position)
-            return None if sentence is None else SpeechMark(MarkKind.SENTENCE, time_ms, sentence)
+            return [SpeechMark(MarkKind.SENTENCE, time_ms, s) for s in self._sentences.take(event.text_position)[-1:]]
         if event.kind is EventType.PHONEME and event.phoneme:
-            return SpeechMark(MarkKind.PHONEME, time_ms, event.phoneme)
-        return None
+            return [SpeechMark(MarkKind.PHONEME, time_ms, event.phoneme)]
+        return []
+
+    def _words_before(self, tokens: list[str], until_ms: float) -> list[SpeechMark]:
+        """Marks for words espeak gave no event of, spaced evenly after the last word mark."""
+        step = (until_ms - self._last_word_ms) / (len(tokens) + 1)
+        return [
+            SpeechMark(MarkKind.WORD, self._last_word_ms + step * (n + 1), _word_text(token))
+            for n, token in enumerate(tokens)
+        ]
 
     def _ms(self, samples: int) -> float:
         return samples * 1000.0 / self._rate
