@@ -35,20 +35,49 @@ _REPLIES: dict[str, tuple[str, ...]] = {
         "Ask me anything and I will say it with feeling.",
         "[happy] Hi there! Nice to meet you. I am a scripted stand-in for a language model, "
         "here so you can see and hear the whole pipeline without a key.",
+        "[surprised] Oh, hello! I did not see you there. [happy] What would you like to talk about today?",
+    ),
+    "wellbeing": (
+        "[happy] I am doing well, thank you for asking! My voice is synthesized right here on this machine, "
+        "and my face is drawn frame by frame. How about you?",
+        "Honestly? [neutral] As well as a script can be. [happy] But talking with you makes it better.",
+    ),
+    "identity": (
+        "I am a talking face made by TTH. [neutral] Right now a scripted responder writes my words, "
+        "espeak gives me a voice, and a small renderer moves my lips. Give me a real model and I will say more.",
+    ),
+    "joke": (
+        "[happy] Here is one. Why did the robot go on holiday? [surprised] Because it needed to recharge! "
+        "[neutral] I know, I know. My jokes are scripted too.",
+        "[neutral] A sound engineer walks into a bar. [happy] One, two, one, two. That is the whole joke.",
     ),
     "question": (
         "That is a good question about {topic}. [neutral] I am only a scripted responder, so I cannot really know. "
         "Switch the profile to a real model and you will get a real answer.",
         "[surprised] Oh, {topic}? I wish I could tell you more. [neutral] A scripted voice like mine can only "
         "point the way: configure a language model and ask again.",
+        "Let me think about {topic}. [neutral] My script has no answer for that, [sad] which is a little sad. "
+        "[happy] But I can still say it any way you like!",
     ),
-    "thanks": ("[happy] You are very welcome! I am glad that helped. Is there anything else you would like to hear?",),
-    "farewell": ("[sad] Leaving already? It was a pleasure talking with you. [happy] Come back any time!",),
+    "thanks": (
+        "[happy] You are very welcome! I am glad that helped. Is there anything else you would like to hear?",
+        "[happy] Any time! It was my pleasure.",
+    ),
+    "farewell": (
+        "[sad] Leaving already? It was a pleasure talking with you. [happy] Come back any time!",
+        "[happy] Goodbye, and take care! [neutral] I will be right here.",
+    ),
+    "negative": (
+        "[sad] I am sorry to hear that. [neutral] I am only a script, but I am listening. "
+        "Tell me more about {topic}, if you like.",
+        "[sad] That sounds hard. [neutral] Take your time; I am here.",
+    ),
     "statement": (
         "I hear you talking about {topic}. [happy] That sounds interesting! Tell me more, and I will keep talking "
         "with every emotion you ask for.",
         "So, {topic}. [neutral] Let me think about that for a moment. I am scripted, but I can still say it "
         "slowly, quickly, happily or sadly.",
+        "[surprised] Really, {topic}? [happy] I would love to hear the rest of that story.",
     ),
 }
 
@@ -96,6 +125,14 @@ def _classify(text: str) -> str:
         return "thanks"
     if re.search(r"\b(bye|goodbye|see you)\b", lowered):
         return "farewell"
+    if re.search(r"\bhow are you\b|\bhow's it going\b", lowered):
+        return "wellbeing"
+    if re.search(r"\bwho are you\b|\byour name\b|\bwhat are you\b", lowered):
+        return "identity"
+    if re.search(r"\bjoke\b|\bfunny\b", lowered):
+        return "joke"
+    if re.search(r"\b(sad|tired|angry|upset|bad day|awful|terrible|lonely)\b", lowered):
+        return "negative"
     if lowered.endswith("?") or re.match(r"(what|why|how|who|when|where|can|could|is|are|do|does)\b", lowered):
         return "question"
     return "statement"
