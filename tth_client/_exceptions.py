@@ -1,0 +1,168 @@
+"""The SDK's exceptions: one tree, every error a one-line message with the fix.
+
+    TTHError                      every error the SDK raises; `.code`, `.details`, `.hint`
+    ├── ConnectError              the server could not be reached, or the connection broke (UNAVAILABLE)
+    ├── TimeoutError              a deadline passed (DEADLINE_EXCEEDED, or no `started` in time);
+    │                             also a builtins.TimeoutError
+    ├── StatusError               the server ended the call with another non-OK gRPC status
+    │   ├── InvalidArgumentError  INVALID_ARGUMENT or OUT_OF_RANGE: a request field is invalid
+    │   ├── AuthenticationError   UNAUTHENTICATED or PERMISSION_DENIED: the API key was refused
+    │   ├── NotFoundError         NOT_FOUND: for example attaching to an unknown or expired session
+    │   └── ResourceExhaustedError RESOURCE_EXHAUSTED: a server limit was reached
+    ├── TurnFailedError           a turn ended with an `error` event (raised by `TurnResult.raise_for_outcome()`);
+    │                             `.code` is the in-stream ErrorCode name, `.retryable`, `.retry_after_ms`
+    ├── InvalidControlError       a control value the SDK can reject before sending (an unknown emotion
+    │                             name); also a builtins.ValueError
+    └── ClosedError               the session or call was closed; events not yet received are lost
+
+`str(error)` is always one line: what happened, then "Fix: ..." when there is
+something the caller can do. `.code` is the `grpc.StatusCode` (or, for
+`TurnFailedError`, the `ErrorCode` name) and `.details` the server's own message.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+import grpc
+
+__all__ = [
+    "AuthenticationError",
+    "ClosedError",
+    "ConnectError",
+    "InvalidArgumentError",
+    "InvalidControlError",
+    "NotFoundError",
+    "ResourceExhaustedError",
+    "StatusError",
+    "TTHError",
+    "TimeoutError",
+    "TurnFailedError",
+    "from_rpc_error",
+    "status_error",
+]
+
+
+class TTHError(Exception):
+    """Base class of every error the SDK raises.
+
+    Attributes:
+        code: The gRPC status code, when the error came from one; for `TurnFailedError` the
+            in-stream `ErrorCode` name (for example "INVALID_ARGUMENT").
+        details: The server's message, unchanged, or the SDK's own description.
+        hint: What the caller can do about it, or "" when nothing obvious.
+    """
+
+    def __init__(self, message: str, *, code: grpc.StatusCode | str | None = None, details: str = "", hint: str = ""):
+        self.message = message
+        self.code = code
+        self.details = details or message
+        self.hint = hint
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        line = self.message.replace("\n", " ").strip()
+        return f"{line}. Fix: {self.hint}" if self.hint else line
+
+
+class ConnectError(TTHError):
+    """The server could not be reached, or the connection broke during a call."""
+
+
+# Shadows the builtin inside this package on purpose; it is also a builtins.TimeoutError, so both catch it.
+class TimeoutError(TTHError, builtins.TimeoutError):
+    """A deadline passed: the server's DEADLINE_EXCEEDED, or the SDK's own wait (for `started`, for a close)."""
+
+
+class StatusError(TTHError):
+    """The server ended the call with a non-OK gRPC status; `.code` and `.details` say which and why."""
+
+
+class InvalidArgumentError(StatusError):
+    """A request field is invalid; the details name the field and its limit."""
+
+
+class AuthenticationError(StatusError):
+    """The server refused the credentials (UNAUTHENTICATED or PERMISSION_DENIED)."""
+
+
+class NotFoundError(StatusError):
+    """The thing asked for does not exist, for example a session id to attach to."""
+
+
+class ResourceExhaustedError(StatusError):
+    """A server limit was reached; retry later or lower the load."""
+
+
+class TurnFailedError(TTHError):
+    """A turn ended with an `error` event instead of completing.
+
+    Attributes:
+        turn_id: The failed turn's id; "" when the server rejected the text before a turn started.
+        retryable: True when sending the same text again may succeed.
+        retry_after_ms: When retryable, how long to wait first (0: no advice).
+    """
+
+    def __init__(
+        self, message: str, *, code: str, turn_id: str, retryable: bool, retry_after_ms: int, hint: str = ""
+    ) -> None:
+        self.turn_id = turn_id
+        self.retryable = retryable
+        self.retry_after_ms = retry_after_ms
+        super().__init__(message, code=code, details=message, hint=hint)
+
+
+class InvalidControlError(TTHError, ValueError):
+    """A control value the SDK rejects before sending anything, such as an unknown emotion name."""
+
+
+class ClosedError(TTHError):
+    """The session or call is closed: nothing more can be sent, and events not yet received are lost."""
+
+
+_STATUS_CLASSES: dict[grpc.StatusCode, type[TTHError]] = {
+    grpc.StatusCode.UNAVAILABLE: ConnectError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: TimeoutError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgumentError,
+    grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
+    grpc.StatusCode.PERMISSION_DENIED: AuthenticationError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+}
+
+
+def _hint(code: grpc.StatusCode, target: str) -> str:
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return (
+            f"start a server (`tth-server --profile mock --listen {target}`) "
+            "or point the client at a running one (target=, --target or TTH_TARGET)"
+        )
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return "pass a valid API key (api_key=, --api-key or TTH_API_KEY)"
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "raise the timeout, or check that the server is not overloaded"
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return "wait and retry, or lower the request rate"
+    if code is grpc.StatusCode.NOT_FOUND:
+        return "create the session again with CreateSession and attach within its attach timeout"
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
+        return "change the field named above to a value inside its range"
+    return ""
+
+
+def status_error(code: grpc.StatusCode, details: str, target: str) -> TTHError:
+    """The SDK error for a call to `target` that ended with `code` and the server's `details`."""
+    cls = _STATUS_CLASSES.get(code, StatusError)
+    if cls is ConnectError:
+        message = f"cannot reach the TTH server at {target}: {details or 'unavailable'}"
+    else:
+        message = f"{target} answered {code.name}: {details or 'no details'}"
+    return cls(message, code=code, details=details, hint=_hint(code, target))
+
+
+def from_rpc_error(error: grpc.RpcError, target: str) -> TTHError:
+    """The SDK error for a failed gRPC call to `target`."""
+    code = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = error.details() if callable(getattr(error, "details", None)) else ""
+    return status_error(code, details or "", target)

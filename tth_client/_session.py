@@ -1,0 +1,425 @@
+"""`Session`: one `Converse` stream, turn after turn, with reading and writing independent.
+
+A background reader task takes every response off the stream as it arrives and
+hands it to its `Turn` and to the session's own event stream; a writer task
+sends requests in the order they were made. So `interrupt()` and
+`update_controls()` go out at once even while a turn's media is pouring in,
+and a slow consumer of one turn never stalls the stream's reading.
+
+How a `say()` finds its turn: the server handles requests in order and gives
+each accepted text a new turn id, so the first event with an unknown turn id
+belongs to the oldest `say()` still waiting for one. A text the server refuses
+(an unknown persona, a turn rate limit, a server shutting down) gets no turn: it
+comes back as a session-level error, which ends that `say()`'s turn as FAILED.
+The only other request of this SDK that can be refused is a control update,
+whose error names its field under `control.`; that one stays a session event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Unpack
+
+import grpc
+
+from tth_client._channel import ChannelOptions, Connection
+from tth_client._controls import Controls, turn_control
+from tth_client._events import ErrorEvent, Event, StartedEvent, event_from_response, is_terminal
+from tth_client._exceptions import ClosedError, StatusError, TimeoutError, TTHError, from_rpc_error, status_error
+from tth_client._turn import Turn
+from tth_client.v1 import controls_pb2 as cpb
+from tth_client.v1 import conversation_pb2 as pb
+from tth_client.v1 import conversation_pb2_grpc as pb_grpc
+
+__all__ = ["Session"]
+
+_CLOSE = None  # the writer's cue to half-close
+
+
+class Session:
+    """A conversation over one `Converse` stream: `async with Session(...) as session`.
+
+    Opening sends the session config and waits for the server's `started` event;
+    `session.session_id`, `session.started` (formats, persona) are then set.
+
+    Guarantees:
+
+    - `say()` returns at once; the request is sent in order with every other one.
+      The returned `Turn` receives exactly its own events and ends with exactly one
+      terminal event (completed, interrupted or failed).
+    - `async for event in session` yields every event of the session in arrival
+      order, turns' events included, from `started` on. Unread events are buffered
+      up to `max_buffered_events`; beyond that the oldest are dropped and counted in
+      `events_dropped` (turns never drop: a `Turn` keeps all of its own events).
+      Iterate from one task only.
+    - Cancelling a task that awaits or iterates a turn or the session is safe and
+      loses nothing; the stream keeps being read.
+    - `close()` (and leaving the `async with` block normally) half-closes: the
+      server finishes the running turn and every event of it is still delivered.
+      `abort()` (and leaving the block by an exception) cancels the call at once:
+      events not yet received are lost, and unfinished turns raise `ClosedError`.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        tls: bool | None = None,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        channel_options: ChannelOptions | None = None,
+        channel: grpc.aio.Channel | None = None,
+        persona: str | None = None,
+        default_control: cpb.TurnControl | None = None,
+        render: cpb.RenderOptions | None = None,
+        session_id: str | None = None,
+        open_timeout_s: float = 10.0,
+        max_buffered_events: int = 10_000,
+    ) -> None:
+        """Describe the session; nothing is sent until it is opened.
+
+        Args:
+            target: HOST:PORT of the server; default `TTH_TARGET` or 127.0.0.1:50051.
+            api_key: Sent as `authorization: Bearer KEY`; default `TTH_API_KEY`.
+            tls: Use TLS; default on when `root_certificates` are given.
+            root_certificates: PEM roots to trust (None with TLS: the system's).
+            certificate_chain: PEM client certificate chain, for mutual TLS (with `private_key`).
+            private_key: PEM private key of the client certificate, for mutual TLS.
+            channel_options: Keepalive and message size settings.
+            channel: An open channel to use instead of making one; the session does not close it.
+            persona: Persona id for the session; None is the server's default.
+            default_control: The session's default controls (see `turn_control()`).
+            render: Video settings (see `render_options()`).
+            session_id: Attach to a session made by `Client.create_session()`.
+            open_timeout_s: How long to wait for `started` when opening.
+            max_buffered_events: Unread events `async for event in session` keeps.
+        """
+        self._connection = Connection.resolve(
+            target,
+            api_key=api_key,
+            tls=tls,
+            root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
+            options=channel_options,
+        )
+        self._given_channel = channel
+        self._config = pb.SessionConfig(
+            session_id=session_id or "",
+            persona_id=persona or "",
+            default_control=default_control,
+            render=render,
+        )
+        self._open_timeout_s = open_timeout_s
+        self._channel: grpc.aio.Channel | None = None
+        self._call: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._requests: asyncio.Queue[tuple[pb.ConverseRequest | None, asyncio.Future[None]]] = asyncio.Queue()
+        self._waiting: deque[Turn] = deque()  # said, no turn id yet (oldest first)
+        self._turns: dict[str, Turn] = {}  # running, by turn id
+        self._latest: Turn | None = None
+        self._stream: deque[Event] = deque()
+        self._stream_waiters: list[asyncio.Future[None]] = []
+        self._max_buffered = max_buffered_events
+        self._ended: TTHError | None = None  # what unfinished turns raise once the stream has ended
+        self._stream_error: TTHError | None = None  # set when the stream broke rather than ended cleanly
+        self._closing = False
+        self.session_id = ""
+        """The session's id, once opened; pass it to attach again."""
+        self.started = pb.SessionStarted()
+        """The `started` event's payload: audio and video formats, persona."""
+        self.events_dropped = 0
+        """Events the session stream dropped because nobody read them (turns never drop)."""
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Session:
+        return await self.open()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            await self.close()
+        else:
+            await self.abort()
+
+    @property
+    def target(self) -> str:
+        return self._connection.target
+
+    @property
+    def is_open(self) -> bool:
+        """True between a successful `open()` and the end of the stream."""
+        return self._call is not None and self._ended is None
+
+    async def open(self) -> Session:
+        """Open the stream, send the config and wait for `started`.
+
+        Raises:
+            ConnectError: the server cannot be reached.
+            TimeoutError: no `started` within `open_timeout_s`.
+            StatusError: the server refused the config (for example `NotFoundError` for an unknown session id).
+        """
+        if self._call is not None:
+            raise ClosedError("the session was already opened; make a new Session to open another stream")
+        self._channel = self._given_channel or self._connection.open_channel()
+        stub = pb_grpc.ConversationServiceStub(self._channel)
+        self._call = stub.Converse(metadata=self._connection.metadata())
+        try:
+            async with asyncio.timeout(self._open_timeout_s):
+                await self._call.write(pb.ConverseRequest(config=self._config))
+                first = await self._call.read()
+                if first is grpc.aio.EOF:
+                    raise StatusError(
+                        f"{self.target} ended the stream before `started` ({await self._call.code()})",
+                        hint="check the server's logs",
+                    )
+        except grpc.RpcError as exc:
+            await self._abandon()
+            raise from_rpc_error(exc, self.target) from None
+        except builtins.TimeoutError:
+            await self._abandon()
+            raise TimeoutError(
+                f"no `started` from {self.target} within {self._open_timeout_s:g} s",
+                hint="check that the target is a TTH server and not overloaded, or raise open_timeout_s",
+            ) from None
+        except BaseException:
+            await self._abandon()
+            raise
+        event = event_from_response(first)
+        if not isinstance(event, StartedEvent):
+            await self._abandon()
+            raise StatusError(f"{self.target} sent {type(event).__name__} before `started`; is it a TTH server?")
+        self.session_id, self.started = event.session_id, event.started
+        self._stream.append(event)
+        loop = asyncio.get_running_loop()
+        self._reader = loop.create_task(self._read(), name=f"tth session {self.session_id} reader")
+        self._writer = loop.create_task(self._write(), name=f"tth session {self.session_id} writer")
+        return self
+
+    async def close(self, timeout_s: float | None = 30.0) -> None:
+        """Half-close and wait for the server to end the call.
+
+        The running turn finishes and all of its events are delivered; nothing can
+        be sent afterwards. If the server has not ended the call within `timeout_s`,
+        the call is cancelled (as by `abort()`) and `TimeoutError` is raised. To stop
+        the running turn instead of waiting for it, call `interrupt()` first.
+        """
+        if self._call is None or self._closing:
+            await self._finished(timeout_s)
+            return
+        self._closing = True
+        if self._ended is None:
+            self._enqueue(_CLOSE)
+        await self._finished(timeout_s)
+
+    async def abort(self) -> None:
+        """Cancel the call at once: events not yet received are lost; unfinished turns raise `ClosedError`."""
+        self._closing = True
+        if self._call is not None:
+            self._call.cancel()
+        for task in (self._reader, self._writer):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+        self._end(ClosedError("the session was aborted before the turn ended; its remaining events are lost"))
+        await self._release()
+
+    async def _finished(self, timeout_s: float | None) -> None:
+        if self._reader is not None and not self._reader.done():
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.shield(self._reader)
+            except builtins.TimeoutError:
+                await self.abort()
+                raise TimeoutError(
+                    f"the server did not end the session within {timeout_s:g} s of closing",
+                    hint="interrupt the running turn before closing, or raise the close timeout",
+                ) from None
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+            await asyncio.wait([self._writer])
+        await self._release()
+
+    async def _abandon(self) -> None:
+        """Give up a stream that never opened."""
+        self._call.cancel()
+        self._ended = ClosedError("the session never opened")
+        await self._release()
+
+    async def _release(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None and self._given_channel is None:
+            await channel.close()
+
+    # ---- requests ----------------------------------------------------------------------------------------------
+
+    def say(self, text: str, *, control: cpb.TurnControl | None = None, **controls: Unpack[Controls]) -> Turn:
+        """Start a turn for `text`; a running turn is interrupted first (barge-in).
+
+        Returns the `Turn` at once (`async for event in turn`, `await turn`); the
+        request is sent in order after those made before it. Controls given here
+        apply to this turn only, above every other layer; see `turn_control()`.
+
+        Raises:
+            InvalidControlError: an emotion name is not known (nothing is sent).
+            ClosedError: the session is not open.
+        """
+        self._check_open()
+        request = pb.ConverseRequest(text=pb.UserText(text=text, control=turn_control(control, **controls)))
+        turn = Turn(text, sample_rate_hz=self.started.audio.sample_rate_hz, interrupt=self._interrupt_turn)
+        self._waiting.append(turn)
+        self._latest = turn
+
+        def sent(done: asyncio.Future[None]) -> None:
+            if not done.cancelled() and (error := done.exception()) is not None and turn in self._waiting:
+                self._waiting.remove(turn)
+                turn._fail(error if isinstance(error, TTHError) else ClosedError(str(error)))
+
+        self._enqueue(request).add_done_callback(sent)
+        return turn
+
+    async def update_controls(self, control: cpb.TurnControl | None = None, **controls: Unpack[Controls]) -> None:
+        """Change the session's standing controls from the next turn on (never the running one).
+
+        Returns once the request is sent. An invalid value comes back as an
+        `ErrorEvent` with an empty `turn_id` on the session stream, and the
+        standing controls stay as they were.
+        """
+        self._check_open()
+        await self._enqueue(pb.ConverseRequest(control=pb.ControlUpdate(control=turn_control(control, **controls))))
+
+    async def interrupt(self, played_ms: float | None = None) -> None:
+        """Stop the running turn, if any. Returns once the request is sent.
+
+        The turn then ends with `turn_interrupted`; media already in flight may
+        arrive before it, none after it. `played_ms` is how much of the turn's audio
+        was really played (None: the server estimates it from what it sent).
+        """
+        self._check_open()
+        interrupt = pb.Interrupt() if played_ms is None else pb.Interrupt(played_ms=max(0, round(played_ms)))
+        await self._enqueue(pb.ConverseRequest(interrupt=interrupt))
+
+    async def _interrupt_turn(self, turn: Turn, played_ms: float | None) -> None:
+        if turn is self._latest and self.is_open and not self._closing:
+            await self.interrupt(played_ms)
+
+    def _check_open(self) -> None:
+        if self._call is None:
+            raise ClosedError("the session is not open", hint="use `async with Session(...)` or `await session.open()`")
+        if self._ended is not None:
+            raise ClosedError(f"the session has ended: {self._ended}")
+        if self._closing:
+            raise ClosedError("the session is closing; nothing more can be sent")
+
+    def _enqueue(self, request: pb.ConverseRequest | None) -> asyncio.Future[None]:
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._requests.put_nowait((request, sent))
+        return sent
+
+    async def _write(self) -> None:
+        while True:
+            request, sent = await self._requests.get()
+            try:
+                if request is _CLOSE:
+                    await self._call.done_writing()
+                else:
+                    await self._call.write(request)
+            except grpc.RpcError as exc:
+                sent.set_exception(from_rpc_error(exc, self.target))
+            except Exception as exc:  # the call already ended; the reader records why
+                sent.set_exception(self._ended or ClosedError(f"the session's stream has ended ({exc})"))
+            else:
+                sent.set_result(None)
+            if request is _CLOSE:
+                return
+
+    # ---- events ------------------------------------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        while True:
+            while self._stream:
+                yield self._stream.popleft()
+            if self._ended is not None:
+                if self._stream_error is not None:
+                    raise self._stream_error
+                return
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._stream_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._stream_waiters.remove(waiter)
+
+    async def _read(self) -> None:
+        try:
+            while (response := await self._call.read()) is not grpc.aio.EOF:
+                self._dispatch(response)
+            code = await self._call.code()
+            if code is not grpc.StatusCode.OK:
+                self._end(status_error(code, await self._call.details(), self.target), broken=True)
+            else:
+                self._end(ClosedError("the server ended the session before the turn's terminal event"))
+        except grpc.RpcError as exc:
+            self._end(from_rpc_error(exc, self.target), broken=True)
+        except asyncio.CancelledError:
+            self._end(ClosedError("the session was aborted before the turn ended; its remaining events are lost"))
+            raise
+
+    def _dispatch(self, response: pb.ConverseResponse) -> None:
+        event = event_from_response(response)
+        if event is None:  # an event kind newer than this SDK
+            return
+        self._publish(event)
+        if event.turn_id:
+            turn = self._turns.get(event.turn_id)
+            if turn is None and self._waiting:
+                turn = self._waiting.popleft()
+                self._turns[event.turn_id] = turn
+            if turn is not None:
+                turn._push(event)
+                if is_terminal(event):
+                    del self._turns[event.turn_id]
+        elif isinstance(event, ErrorEvent) and self._waiting and not event.error.message.startswith("control."):
+            self._waiting.popleft()._push(event, terminal=True)  # the text was refused; no turn started
+
+    def _publish(self, event: Event) -> None:
+        if len(self._stream) >= self._max_buffered:
+            self._stream.popleft()
+            self.events_dropped += 1
+        self._stream.append(event)
+        self._wake_stream()
+
+    def _wake_stream(self) -> None:
+        waiters, self._stream_waiters = self._stream_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _end(self, reason: TTHError, *, broken: bool = False) -> None:
+        if self._ended is not None:
+            return
+        self._ended = reason
+        self._stream_error = reason if broken else None
+        for turn in [*self._waiting, *self._turns.values()]:
+            turn._fail(reason)
+        self._waiting.clear()
+        self._turns.clear()
+        while not self._requests.empty():
+            _, sent = self._requests.get_nowait()
+            if not sent.done():
+                sent.set_exception(reason)
+        self._wake_stream()
