@@ -1,0 +1,1 @@
+"""Anthropic adapters: `anthropic` (the Messages API, streamed)."""

@@ -1,0 +1,103 @@
+"""`anthropic`: the Anthropic Messages API, streamed as Server-Sent Events.
+
+`POST {base}/v1/messages` with `"stream": true`, the key in `x-api-key` and an
+`anthropic-version` header. The stream is a sequence of named events:
+`message_start`, then per content block `content_block_start`, any number of
+`content_block_delta` (text arrives as `text_delta`), `content_block_stop`, then
+`message_delta` and `message_stop`. `ping` events may come at any point and an
+`error` event (for example `overloaded_error`) may arrive after a 200; both are
+handled. A stream that ends without `message_stop` is a dropped connection.
+
+Options: `model` (claude-haiku-4-5), `max_tokens` (1024; required by the API),
+`temperature`, `base_url` (else $ANTHROPIC_BASE_URL, else https://api.anthropic.com),
+`api_key_env` (ANTHROPIC_API_KEY), `version` (2023-06-01), `timeout_s` (30).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from adapters.base import Capabilities, LLMAdapter, LLMRequest, Message, Mode
+from adapters.errors import ErrorCategory, ProviderError
+from adapters.openai._http import ProviderHTTP, SSEParser, api_key, base_url, json_event
+
+ANTHROPIC_URL = "https://api.anthropic.com"
+API_VERSION = "2023-06-01"
+
+
+class AnthropicLLM(LLMAdapter):
+    """Streams reply text from Claude."""
+
+    mode = Mode.API
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        super().__init__(name, options)
+        self.options.setdefault("model", "claude-haiku-4-5")
+        self.options["api_key_required"] = True
+        self._key = api_key(self.options, name, "ANTHROPIC_API_KEY")
+        url = base_url(self.options, name, ANTHROPIC_URL, "ANTHROPIC_BASE_URL")
+        headers = {
+            "x-api-key": self._key or "",
+            "anthropic-version": str(self.options.get("version", API_VERSION)),
+            "accept": "text/event-stream",
+        }
+        self._http = ProviderHTTP(
+            name, url, headers, secrets=[self._key], timeout_s=float(self.options.get("timeout_s", 30))
+        )
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(streaming=True, controls=frozenset({"character.persona_id"}))
+
+    async def start(self) -> None:
+        await self._http.start()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def body(self, request: LLMRequest) -> dict[str, Any]:
+        messages = _alternating([*request.history, Message("user", request.user_text)])
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": int(self.options.get("max_tokens", 1024)),
+            "system": request.system_prompt,
+            "messages": messages,
+            "stream": True,
+        }
+        if self.options.get("temperature") is not None:
+            body["temperature"] = float(self.options["temperature"])
+        return body
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
+        parser = SSEParser()
+        stopped = False
+        async with self._http.post_stream("/v1/messages", self.body(request)) as response:
+            async for raw in response.aiter_bytes():
+                for event in parser.feed(raw):
+                    payload = json_event(event, self.name)
+                    kind = payload.get("type") if isinstance(payload, Mapping) else None
+                    if event.event == "error" or kind == "error":
+                        raise self._http.error(payload)
+                    if kind == "content_block_delta":
+                        delta = payload.get("delta") or {}
+                        if delta.get("type") == "text_delta" and delta.get("text"):
+                            yield str(delta["text"])
+                    elif kind == "message_stop":
+                        stopped = True
+                if stopped:
+                    break
+        if not stopped:
+            raise ProviderError(ErrorCategory.CONNECTIVITY, "the stream ended before message_stop", provider=self.name)
+
+
+def _alternating(messages: list[Message]) -> list[dict[str, Any]]:
+    """Messages as the API wants them: starting with the user, roles alternating (same-role runs joined)."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if not out and message.role != "user":
+            continue
+        if out and out[-1]["role"] == message.role:
+            out[-1]["content"] += "\n\n" + message.text
+        else:
+            out.append({"role": message.role, "content": message.text})
+    return out

@@ -1,0 +1,1 @@
+"""ElevenLabs adapters: `elevenlabs` (streaming text to speech, PCM output)."""

@@ -1,0 +1,172 @@
+"""The avatar worker contract's messages <-> TTH's domain types, for both ends of the wire.
+
+Also the one table from gRPC status codes to provider error categories, so a
+worker's status means the same to the router as an HTTP provider's status.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from adapters.base import Capabilities
+from adapters.errors import ErrorCategory
+from tth_client.v1 import avatar_worker_pb2 as wpb
+from tth_client.v1 import controls_pb2 as cpb
+from tth_client.v1 import conversation_pb2 as pb
+from tth_client.v1 import media_pb2 as mpb
+from tth_server.controls import ControlPatch, Controls, EmotionLabel, resolve
+from tth_server.media import AudioChunk, MarkKind, RenderSettings, SpeechMark, VideoEncoding, VideoFrame
+
+_LABELS: dict[EmotionLabel, cpb.EmotionLabel.ValueType] = {
+    EmotionLabel.NEUTRAL: cpb.EMOTION_LABEL_NEUTRAL,
+    EmotionLabel.HAPPY: cpb.EMOTION_LABEL_HAPPY,
+    EmotionLabel.SAD: cpb.EMOTION_LABEL_SAD,
+    EmotionLabel.ANGRY: cpb.EMOTION_LABEL_ANGRY,
+    EmotionLabel.SURPRISED: cpb.EMOTION_LABEL_SURPRISED,
+    EmotionLabel.FEARFUL: cpb.EMOTION_LABEL_FEARFUL,
+    EmotionLabel.DISGUSTED: cpb.EMOTION_LABEL_DISGUSTED,
+}
+_LABELS_BACK = {v: k for k, v in _LABELS.items()}
+_MARKS: dict[MarkKind, mpb.SpeechMarkType.ValueType] = {
+    MarkKind.WORD: mpb.SPEECH_MARK_TYPE_WORD,
+    MarkKind.PHONEME: mpb.SPEECH_MARK_TYPE_PHONEME,
+    MarkKind.SENTENCE: mpb.SPEECH_MARK_TYPE_SENTENCE,
+}
+_MARKS_BACK = {v: k for k, v in _MARKS.items()}
+_ENCODINGS: dict[VideoEncoding, mpb.VideoEncoding.ValueType] = {
+    VideoEncoding.JPEG: mpb.VIDEO_ENCODING_JPEG,
+    VideoEncoding.RAW_RGB: mpb.VIDEO_ENCODING_RAW_RGB,
+}
+_ENCODINGS_BACK = {v: k for k, v in _ENCODINGS.items()}
+
+# A worker's gRPC status, as the router classifies provider errors.
+STATUS_CATEGORIES: dict[grpc.StatusCode, ErrorCategory] = {
+    grpc.StatusCode.UNAVAILABLE: ErrorCategory.CONNECTIVITY,
+    grpc.StatusCode.CANCELLED: ErrorCategory.CONNECTIVITY,
+    grpc.StatusCode.DEADLINE_EXCEEDED: ErrorCategory.TIMEOUT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ErrorCategory.RATE_LIMIT,
+    grpc.StatusCode.UNAUTHENTICATED: ErrorCategory.AUTH,
+    grpc.StatusCode.PERMISSION_DENIED: ErrorCategory.AUTH,
+    grpc.StatusCode.INVALID_ARGUMENT: ErrorCategory.INVALID_REQUEST,
+    grpc.StatusCode.FAILED_PRECONDITION: ErrorCategory.INVALID_REQUEST,
+    grpc.StatusCode.OUT_OF_RANGE: ErrorCategory.INVALID_REQUEST,
+    grpc.StatusCode.NOT_FOUND: ErrorCategory.INVALID_REQUEST,
+    grpc.StatusCode.UNIMPLEMENTED: ErrorCategory.INVALID_REQUEST,
+}
+STATUS_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+# The other way, for a worker reporting its adapter's ProviderError.
+CATEGORY_STATUS: dict[ErrorCategory, grpc.StatusCode] = {
+    ErrorCategory.CONNECTIVITY: grpc.StatusCode.UNAVAILABLE,
+    ErrorCategory.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorCategory.RATE_LIMIT: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCategory.AUTH: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorCategory.INVALID_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCategory.SERVER: grpc.StatusCode.INTERNAL,
+}
+
+
+def config_to_proto(settings: RenderSettings) -> wpb.RenderConfig:
+    return wpb.RenderConfig(fps=settings.fps, width=settings.width, height=settings.height)
+
+
+def config_from_proto(msg: wpb.RenderConfig) -> RenderSettings:
+    """Validated render settings; ValueError names the field and its limit."""
+    if not 1 <= msg.fps <= 60:
+        raise ValueError(f"config.fps must be in [1, 60], got {msg.fps}")
+    for name, value in (("width", msg.width), ("height", msg.height)):
+        if not (64 <= value <= 1024 and value % 2 == 0):
+            raise ValueError(f"config.{name} must be an even number in [64, 1024], got {value}")
+    return RenderSettings(msg.fps, msg.width, msg.height)
+
+
+def audio_to_proto(chunk: AudioChunk) -> mpb.AudioChunk:
+    return mpb.AudioChunk(
+        data=chunk.pcm,
+        sample_rate_hz=chunk.sample_rate_hz,
+        timestamp_ms=chunk.timestamp_ms,
+        duration_ms=chunk.duration_ms,
+        marks=[mpb.SpeechMark(type=_MARKS[m.kind], timestamp_ms=m.time_ms, text=m.text) for m in chunk.marks],
+    )
+
+
+def audio_from_proto(msg: mpb.AudioChunk) -> AudioChunk:
+    if msg.sample_rate_hz <= 0:
+        raise ValueError(f"audio.chunk.sample_rate_hz must be positive, got {msg.sample_rate_hz}")
+    if len(msg.data) % 2:
+        raise ValueError("audio.chunk.data must hold whole 16-bit samples")
+    marks = tuple(SpeechMark(_MARKS_BACK[m.type], m.timestamp_ms, m.text) for m in msg.marks if m.type in _MARKS_BACK)
+    return AudioChunk(msg.data, msg.sample_rate_hz, msg.timestamp_ms, marks)
+
+
+def controls_to_proto(c: Controls) -> cpb.TurnControl:
+    return cpb.TurnControl(
+        emotion=cpb.EmotionControl(label=_LABELS[c.label], intensity=c.intensity, valence=c.valence, arousal=c.arousal),
+        character=cpb.CharacterControl(
+            persona_id=c.persona_id,
+            speech_rate=c.speech_rate,
+            pitch_shift=c.pitch_shift,
+            expressivity=c.expressivity,
+            motion_gain=c.motion_gain,
+        ),
+    )
+
+
+def controls_from_proto(msg: cpb.TurnControl) -> Controls:
+    """Resolved controls; fields the client left unset take the built-in defaults."""
+    e, c = msg.emotion, msg.character
+    patch = ControlPatch(
+        label=_LABELS_BACK.get(e.label),
+        intensity=e.intensity if e.HasField("intensity") else None,
+        valence=e.valence if e.HasField("valence") else None,
+        arousal=e.arousal if e.HasField("arousal") else None,
+        persona_id=c.persona_id if c.HasField("persona_id") and c.persona_id else None,
+        speech_rate=c.speech_rate if c.HasField("speech_rate") else None,
+        pitch_shift=c.pitch_shift if c.HasField("pitch_shift") else None,
+        expressivity=c.expressivity if c.HasField("expressivity") else None,
+        motion_gain=c.motion_gain if c.HasField("motion_gain") else None,
+    ).validated("audio.control.")
+    return resolve([("remote", patch)])
+
+
+def frame_to_proto(f: VideoFrame) -> mpb.VideoFrame:
+    return mpb.VideoFrame(
+        data=f.data,
+        encoding=_ENCODINGS[f.encoding],
+        width=f.width,
+        height=f.height,
+        frame_index=f.frame_index,
+        timestamp_ms=f.timestamp_ms,
+        drift_ms=f.drift_ms,
+    )
+
+
+def frame_from_proto(msg: mpb.VideoFrame) -> VideoFrame:
+    if msg.encoding not in _ENCODINGS_BACK:
+        raise ValueError(f"frame.encoding {msg.encoding} is not a known encoding")
+    return VideoFrame(
+        msg.data,
+        _ENCODINGS_BACK[msg.encoding],
+        msg.width,
+        msg.height,
+        msg.frame_index,
+        msg.timestamp_ms,
+        msg.timestamp_ms - msg.drift_ms,
+    )
+
+
+def capabilities_to_proto(caps: Capabilities) -> pb.Capabilities:
+    return pb.Capabilities(
+        streaming=caps.streaming,
+        controls=sorted(caps.controls),
+        emotions=sorted(_LABELS[e] for e in caps.emotions),
+        speech_marks=caps.speech_marks,
+    )
+
+
+def capabilities_from_proto(msg: pb.Capabilities) -> Capabilities:
+    return Capabilities(
+        streaming=msg.streaming,
+        controls=frozenset(msg.controls),
+        emotions=frozenset(_LABELS_BACK[e] for e in msg.emotions if e in _LABELS_BACK),
+        speech_marks=msg.speech_marks,
+    )
