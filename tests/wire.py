@@ -35,8 +35,8 @@ def control(**fields: Any) -> cpb.TurnControl:
 class Conversation:
     """One Converse call; `events` collects everything received, in order."""
 
-    def __init__(self, stub: pb_grpc.ConversationServiceStub) -> None:
-        self.call = stub.Converse()
+    def __init__(self, stub: pb_grpc.ConversationServiceStub, key: str | None = None) -> None:
+        self.call = stub.Converse(metadata=(("authorization", f"Bearer {key}"),) if key else None)
         self.events: list[pb.ConverseResponse] = []
 
     async def start(self, **config: Any) -> pb.ConverseResponse:

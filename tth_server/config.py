@@ -10,6 +10,7 @@ YAML is refused at start. Every error names the key and what is allowed.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 STAGES = ("llm", "tts", "avatar", "realtime")
 LATENCY_MODES = ("low", "balanced", "quality")
 _SECRET_HINTS = ("api_key", "apikey", "secret", "password", "token")
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")  # an environment variable's name, as the *_env options hold
 
 
 class ConfigError(ValueError):
@@ -43,6 +45,9 @@ class SessionSettings:
     outbox_capacity: int = 256
     config_timeout_s: float = 30.0
     max_lead_ms: float = 500.0
+    resume_window_s: float = 30.0  # how long a session whose stream dropped waits for a resume
+    replay_events: int = 2048  # sent events kept per session for a resume to replay
+    replay_bytes: int = 4 * 1024 * 1024  # ... and at most this many bytes of them
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +99,53 @@ class RouterSettings:
     retries: int = 1  # extra tries on the same provider, only before it produced any output
     retry_backoff_ms: float = 200.0  # wait before a retry, doubled each time
     max_retry_after_ms: float = 2000.0  # a longer Retry-After skips to the next provider instead
+    route_local: bool = False  # also route in-process adapters that have no fallback
     breaker: BreakerSettings = BreakerSettings()
     budgets: Mapping[str, StageBudget] = field(default_factory=lambda: dict(_BUDGETS))
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """API keys come from TTH_API_KEYS (comma-separated) and `keys_file` (one per line); none means open."""
+
+    keys_file: str = ""
+    open_health: bool = True  # health checks need no key (load balancers, probes)
+    open_reflection: bool = True  # reflection needs no key (grpcurl, buf curl)
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSettings:
+    """TLS from certificate paths; `client_ca_file` turns on mutual TLS (clients must present a cert)."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    client_ca_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """Per-server and per-key limits; 0 means unlimited."""
+
+    max_sessions: int = 1000
+    max_sessions_per_key: int = 100
+    turns_per_minute_per_key: int = 120
+    session_idle_s: float = 300.0  # a session with no request for this long ends
+    session_max_s: float = 3600.0  # a session ends after this long, whatever it does
+    end_notice_s: float = 60.0  # how long before either end a notice is sent
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """Where session state lives between streams: this process (memory) or Redis, shared by replicas."""
+
+    kind: str = "memory"  # memory | redis
+    url: str = "redis://127.0.0.1:6379/0"  # a URL with a password belongs in TTH_STORE__URL, not YAML
+    ttl_s: float = 900.0  # a stored session nobody saves for this long is dropped (its replica died)
+    timeout_s: float = 2.0  # longest wait for one store operation
+    key_prefix: str = "tth:session:"
+
+
+STORE_KINDS = ("memory", "redis")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +167,11 @@ class Config:
     components: Mapping[str, ComponentConfig]
     personas_file: Path
     router: RouterSettings = RouterSettings()
+    auth: AuthSettings = AuthSettings()
+    tls: TLSSettings = TLSSettings()
+    limits: LimitSettings = LimitSettings()
+    store: StoreSettings = StoreSettings()
+    api_keys: tuple[str, ...] = ()  # from TTH_API_KEYS only, never from YAML
 
 
 T = TypeVar("T")
@@ -162,10 +217,24 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     return tree
 
 
+def _looks_secret(key: str) -> bool:
+    """api_key, apikey, client_secret, password, auth_token ... but not max_tokens."""
+    lowered = key.lower()
+    words = re.split(r"[_\-.]", lowered)
+    return any(h in lowered for h in _SECRET_HINTS if h != "token") or "token" in words
+
+
+def _names_a_variable(key: str, value: Any) -> bool:
+    """`api_key_env: OPENAI_API_KEY` names where a key lives; `api_key_required: false` is a switch."""
+    if isinstance(value, bool):
+        return True
+    return key.endswith("_env") and isinstance(value, str) and _ENV_NAME.fullmatch(value) is not None
+
+
 def _refuse_secrets(data: Any, where: str) -> None:
     if isinstance(data, Mapping):
         for key, value in data.items():
-            if any(h in str(key).lower() for h in _SECRET_HINTS) and value:
+            if _looks_secret(str(key)) and value and not _names_a_variable(str(key), value):
                 raise ConfigError(
                     f"{where}.{key}: API keys and secrets come from the environment only, never from YAML"
                 )
@@ -212,11 +281,14 @@ def load_config(
     data = _merge(data, _env_overrides(env))
     if overrides:
         data = _merge(data, overrides)
-    return _build(profile, config_dir, data)
+    config = _build(profile, config_dir, data)
+    keys = tuple(k.strip() for k in env.get("TTH_API_KEYS", "").split(",") if k.strip())
+    return replace(config, api_keys=keys)
 
 
 def _build(profile: str, config_dir: Path, data: dict[str, Any]) -> Config:
     allowed = {"server", "session", "render", "segmenter", "log", "components", "personas_file", "router"}
+    allowed |= {"auth", "tls", "limits", "store"}
     unknown = set(data) - allowed
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]} is not a setting; allowed: {sorted(allowed)}")
@@ -248,13 +320,17 @@ def _build(profile: str, config_dir: Path, data: dict[str, Any]) -> Config:
         profile=profile,
         config_dir=config_dir,
         server=_section(ServerSettings, data.get("server"), "server"),
-        session=_section(SessionSettings, data.get("session"), "session"),
         render=render,
         segmenter=_section(SegmenterSettings, data.get("segmenter"), "segmenter"),
         log=log,
         components=components,
         personas_file=config_dir / str(data.get("personas_file", "personas.yaml")),
         router=_router(data.get("router")),
+        auth=_section(AuthSettings, data.get("auth"), "auth"),
+        tls=_tls(_section(TLSSettings, data.get("tls"), "tls")),
+        limits=_limits(_section(LimitSettings, data.get("limits"), "limits")),
+        session=_session(_section(SessionSettings, data.get("session"), "session")),
+        store=_store(_section(StoreSettings, data.get("store"), "store")),
     )
 
 
@@ -283,3 +359,43 @@ def _router(data: Any) -> RouterSettings:
     if breaker.failure_threshold < 1 or breaker.cooldown_s <= 0:
         raise ConfigError("router.breaker.failure_threshold must be >= 1 and router.breaker.cooldown_s > 0")
     return replace(settings, breaker=breaker, budgets=budgets)
+
+
+def _tls(tls: TLSSettings) -> TLSSettings:
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise ConfigError("tls.cert_file and tls.key_file must be set together")
+    if tls.client_ca_file and not tls.cert_file:
+        raise ConfigError("tls.client_ca_file (mutual TLS) needs tls.cert_file and tls.key_file")
+    for name in ("cert_file", "key_file", "client_ca_file"):
+        path = getattr(tls, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"tls.{name}: {path} is not a readable file")
+    return tls
+
+
+def _limits(limits: LimitSettings) -> LimitSettings:
+    for f in fields(LimitSettings):
+        if getattr(limits, f.name) < 0:
+            raise ConfigError(f"limits.{f.name} must be >= 0 (0 means unlimited), got {getattr(limits, f.name)}")
+    return limits
+
+
+def _session(session: SessionSettings) -> SessionSettings:
+    if session.resume_window_s < 0:
+        raise ConfigError(
+            f"session.resume_window_s must be >= 0 (0: a dropped stream ends its session), got "
+            f"{session.resume_window_s}"
+        )
+    if session.replay_events < 1 or session.replay_bytes < 1:
+        raise ConfigError("session.replay_events and session.replay_bytes must be >= 1")
+    return session
+
+
+def _store(store: StoreSettings) -> StoreSettings:
+    if store.kind not in STORE_KINDS:
+        raise ConfigError(f"store.kind must be one of {list(STORE_KINDS)}, got {store.kind!r}")
+    if store.kind == "redis" and not store.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"store.url must be a redis://, rediss:// or unix:// URL, got {store.url!r}")
+    if store.ttl_s <= 0 or store.timeout_s <= 0:
+        raise ConfigError("store.ttl_s and store.timeout_s must be > 0")
+    return store

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from adapters.base import Stage
@@ -16,6 +18,8 @@ from tth_server.events import (
     ErrorOut,
     Event,
     InterruptReason,
+    Notice,
+    NoticeKind,
     Started,
     TextOut,
     TurnCompleted,
@@ -63,10 +67,58 @@ _ERRORS = {
     ErrorCode.UNAUTHENTICATED: pb.ERROR_CODE_UNAUTHENTICATED,
     ErrorCode.INTERNAL: pb.ERROR_CODE_INTERNAL,
 }
+_NOTICES = {
+    NoticeKind.SESSION_ENDING: pb.NOTICE_KIND_SESSION_ENDING,
+    NoticeKind.SERVER_SHUTTING_DOWN: pb.NOTICE_KIND_SERVER_SHUTTING_DOWN,
+}
 STAGE_TO_PROTO = _STAGES
 
 
 # ---- requests in -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A request whose bytes are not a valid message; the servicer answers INVALID_ARGUMENT."""
+
+    reason: str
+
+    def message(self, what: str) -> str:
+        return f"{what} is not a valid protobuf message ({self.reason})"
+
+
+def tolerant_handlers(add_to_server: Callable[[Any, Any], None], servicer: Any) -> dict[str, Any]:
+    """The generated method handlers, but a request that fails to parse arrives as `Malformed`.
+
+    gRPC would end such a call with INTERNAL before any handler ran; a client that
+    sent garbage deserves INVALID_ARGUMENT, and a live session an in-stream error.
+    """
+
+    class _Capture:
+        handlers: dict[str, Any] = {}
+
+        def add_generic_rpc_handlers(self, _: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(self, _: str, handlers: dict[str, Any]) -> None:
+            self.handlers = handlers
+
+    capture = _Capture()
+    add_to_server(servicer, capture)
+
+    def tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+        def safe(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except Exception as exc:  # protobuf's DecodeError, or anything a broken payload triggers
+                return Malformed(str(exc) or type(exc).__name__)
+
+        return safe
+
+    return {
+        name: handler._replace(request_deserializer=tolerant(handler.request_deserializer))
+        for name, handler in capture.handlers.items()
+    }
 
 
 def patch_from_proto(msg: cpb.TurnControl, where: str) -> ControlPatch:
@@ -195,6 +247,8 @@ def _payload(event: Event) -> tuple[str, Any]:
             retryable=event.retryable,
             retry_after_ms=event.retry_after_ms,
         )
+    if isinstance(event, Notice):
+        return "notice", pb.SessionNotice(kind=_NOTICES[event.kind], message=event.message, ends_in_ms=event.ends_in_ms)
     if isinstance(event, Started):
         return "started", started_proto(event, "")
     raise TypeError(f"no proto for {type(event).__name__}")

@@ -19,6 +19,11 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"
 
 
+class NoticeKind(StrEnum):
+    SESSION_ENDING = "session_ending"
+    SERVER_SHUTTING_DOWN = "server_shutting_down"
+
+
 class InterruptReason(StrEnum):
     CLIENT = "client"
     BARGE_IN = "barge_in"
@@ -129,5 +134,15 @@ class ErrorOut:
     turn_id: str = ""
 
 
-Event = Started | TextOut | AudioOut | VideoOut | TurnCompleted | TurnInterrupted | ErrorOut
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Advance warning that the session will end; not an error."""
+
+    kind: NoticeKind
+    message: str
+    ends_in_ms: int
+    turn_id: str = ""
+
+
+Event = Started | TextOut | AudioOut | VideoOut | TurnCompleted | TurnInterrupted | ErrorOut | Notice
 MEDIA = (AudioOut, VideoOut)

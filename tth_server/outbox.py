@@ -6,14 +6,19 @@ slows the turn down instead of growing memory; video frames are dropped instead
 Control events (started, terminal events, errors) are never dropped and never
 wait. `purge(turn_id)` removes a turn's queued events, so nothing of an
 interrupted turn is sent after its `turn_interrupted`.
+
+A `ReplayBuffer` holds the last events a session sent, numbered by the session's
+`seq`, so a stream that resumes the session after a dropped connection gets
+exactly what its client missed.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
+from collections.abc import Callable
 
-from tth_server.events import AudioOut, Event, TextOut, VideoOut
+from tth_server.events import AudioOut, Event, TextOut, TurnCompleted, VideoOut
 
 
 class Outbox:
@@ -67,12 +72,23 @@ class Outbox:
         self._readable.set()
         self._writable.set()
 
-    async def get(self) -> Event | None:
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def wake_reader(self) -> None:
+        """Make a waiting `get` look at its `reading` callback again (its stream is being replaced)."""
+        self._readable.set()
+
+    async def get(self, reading: Callable[[], bool] | None = None) -> Event | None:
+        """The next event; None once closed and empty, or as soon as `reading()` turns False."""
         while not self._items:
-            if self._closed:
+            if self._closed or (reading is not None and not reading()):
                 return None
             self._readable.clear()
             await self._readable.wait()
+        if reading is not None and not reading():
+            return None
         event = self._items.popleft()
         self._wake_writers()
         return event
@@ -84,3 +100,56 @@ class Outbox:
     def _wake_writers(self) -> None:
         if len(self._items) < self._capacity:
             self._writable.set()
+
+
+def _size(event: Event) -> int:
+    """Roughly how many bytes an event holds on to."""
+    if isinstance(event, AudioOut):
+        return len(event.chunk.pcm) + 64
+    if isinstance(event, VideoOut):
+        return len(event.frame.data) + 64
+    if isinstance(event, TextOut | TurnCompleted):
+        return len(event.text) + 256
+    return 256
+
+
+class ReplayBuffer:
+    """The last events a session sent, by seq: at most `max_events` of them, and about `max_bytes`.
+
+    `append` numbers each event sent with the session's next seq, so the
+    sequence belongs to the session, not to a stream, and continues across
+    resumes. The newest event is always kept, whatever its size.
+    """
+
+    def __init__(self, max_events: int, max_bytes: int, last_seq: int = 0) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._events: deque[tuple[Event, int]] = deque()
+        self._bytes = 0
+        self.last_seq = last_seq  # the seq of the newest event; 0 before the first
+
+    @property
+    def first_seq(self) -> int:
+        """The seq of the oldest event held (last_seq + 1 when none is)."""
+        return self.last_seq - len(self._events) + 1
+
+    def append(self, event: Event) -> int:
+        size = _size(event)
+        self._events.append((event, size))
+        self._bytes += size
+        self.last_seq += 1
+        while len(self._events) > 1 and (len(self._events) > self.max_events or self._bytes > self.max_bytes):
+            self._bytes -= self._events.popleft()[1]
+        return self.last_seq
+
+    def holds_after(self, seq: int) -> bool:
+        """True when every event after `seq` is still held."""
+        return self.first_seq - 1 <= seq <= self.last_seq
+
+    def after(self, seq: int) -> Event:
+        """The event numbered seq + 1, which must be held."""
+        return self._events[seq + 1 - self.first_seq][0]
+
+    def clear(self) -> None:
+        self._events.clear()
+        self._bytes = 0

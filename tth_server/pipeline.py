@@ -7,6 +7,15 @@ the audio on the turn's media clock and sends it; the face task renders frames
 from that audio and sends them. Media is paced by a `Pacer`, so it runs at most
 a bounded lead ahead of real time (a `Generate` call runs unpaced). Cancelling
 `TurnPipeline.run` cancels every stage at once.
+
+With a combined realtime provider (LLM and TTS in one, `Stages.realtime`) the
+provider's stream of transcript and audio replaces the LLM, segmenter and TTS
+tasks; the conversation lives as long as the session (`ConversationSlot`), and
+an interrupted reply is truncated at the audio the user heard.
+
+Each turn opens a `tth_server.router.TurnRoutes` record; the routed adapters note
+which provider served and whether a fallback fired, and the turn's stage
+timings and control report are stamped from it when the turn ends.
 """
 
 from __future__ import annotations
@@ -24,15 +33,20 @@ from adapters.base import (
     LLMAdapter,
     LLMRequest,
     Message,
+    RealtimeAdapter,
+    RealtimeConversation,
     Stage,
     TTSAdapter,
 )
+from adapters.errors import ProviderError
 from tth_server.controls import ControlPatch, Controls, resolve
 from tth_server.drift import DriftController
 from tth_server.events import AppliedControl, ControlReport, DowngradedControl, StageTiming, TurnMetrics
+from tth_server.logs import log
 from tth_server.media import AudioChunk, MarkKind, RenderSettings, SpeechMark, VideoFrame
 from tth_server.personas import Persona
-from tth_server.prompt import system_prompt
+from tth_server.prompt import _HINT_RULE, system_prompt
+from tth_server.router import begin_turn
 from tth_server.segmenter import Hint, HintParser, Segment, Segmenter
 
 
@@ -46,9 +60,30 @@ class TurnSink(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Stages:
-    llm: LLMAdapter
-    tts: TTSAdapter
+    """The stage adapters: llm and tts, or one combined realtime provider; and the avatar."""
+
+    llm: LLMAdapter | None
+    tts: TTSAdapter | None
     avatar: AvatarAdapter
+    realtime: RealtimeAdapter | None = None
+
+    @property
+    def sample_rate_hz(self) -> int:
+        speech = self.realtime or self.tts
+        assert speech is not None, "Stages needs a tts or a realtime adapter"
+        return speech.sample_rate_hz
+
+
+class ConversationSlot:
+    """A session's conversation with a realtime provider: opened at its first turn, closed with the session."""
+
+    def __init__(self) -> None:
+        self.conversation: RealtimeConversation | None = None
+
+    async def aclose(self) -> None:
+        conversation, self.conversation = self.conversation, None
+        if conversation is not None:
+            await conversation.aclose()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +102,7 @@ class TurnRequest:
     persona: Persona
     render: RenderSettings
     segments: SegmentPolicy = SegmentPolicy()
+    conversation: ConversationSlot | None = None  # the session's realtime conversation, if any
 
 
 class Pacer:
@@ -116,6 +152,7 @@ class TurnRun:
     spoken: list[SpokenSegment] = field(default_factory=list)
     audio_end_ms: float = 0.0
     drift: DriftController | None = None
+    played_ms: float | None = None  # what the client said it played, when it interrupted
 
     def since_start_ms(self) -> float:
         return (time.monotonic() - self.started) * 1000
@@ -193,8 +230,22 @@ class TurnPipeline:
 
     async def run(self, run: TurnRun, sink: TurnSink) -> None:
         """Run the turn to its end. Raises what a stage raised; cancel to interrupt."""
-        request = run.request
+        routes = begin_turn()
         report = _Report(run.report)
+        try:
+            if self.stages.realtime is not None:
+                await self._run_realtime(run, sink, report, self.stages.realtime)
+            else:
+                await self._run_cascade(run, sink, report)
+        finally:
+            routes.apply(run.metrics.stages)
+            for stage, mapping in routes.mappings:
+                report.add(stage, mapping)
+
+    async def _run_cascade(self, run: TurnRun, sink: TurnSink, report: _Report) -> None:
+        request = run.request
+        llm, tts = self.stages.llm, self.stages.tts
+        assert llm is not None and tts is not None, "the cascade needs llm and tts adapters"
         controls = self.controls_for(request, None)
         prompt, prompt_applied = system_prompt(request.persona, controls)
         report.add(Stage.LLM, ControlMapping(controls, applied=prompt_applied))
@@ -202,22 +253,27 @@ class TurnPipeline:
         audio: asyncio.Queue[AvatarInput | None] = asyncio.Queue(maxsize=8)
         llm_request = LLMRequest(prompt, request.user_text, request.history, controls)
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._write(run, llm_request, sink, segments))
-            tasks.create_task(self._speak(run, report, sink, segments, audio))
+            tasks.create_task(self._write(run, llm, llm_request, sink, segments))
+            tasks.create_task(self._speak(run, tts, report, sink, segments, audio))
             tasks.create_task(self._animate(run, sink, audio))
 
     async def _write(
-        self, run: TurnRun, llm_request: LLMRequest, sink: TurnSink, out: asyncio.Queue[Segment | None]
+        self,
+        run: TurnRun,
+        llm: LLMAdapter,
+        llm_request: LLMRequest,
+        sink: TurnSink,
+        out: asyncio.Queue[Segment | None],
     ) -> None:
         policy = run.request.segments
         parser = HintParser()
         segmenter = Segmenter(policy.first_clause_min_chars, policy.max_chars, policy.sentences_only)
         first = True
-        async for piece in self.stages.llm.stream(llm_request):
+        async for piece in llm.stream(llm_request):
             if first:
                 first = False
                 run.metrics.llm_first_token_ms = run.since_start_ms()
-                run.metrics.stages.append(StageTiming(Stage.LLM, run.metrics.llm_first_token_ms, self.stages.llm.name))
+                run.metrics.stages.append(StageTiming(Stage.LLM, run.metrics.llm_first_token_ms, llm.name))
             for item in parser.feed(piece):
                 await self._text(run, sink, segmenter, item, out)
         for item in parser.flush():
@@ -245,12 +301,13 @@ class TurnPipeline:
     async def _speak(
         self,
         run: TurnRun,
+        tts: TTSAdapter,
         report: _Report,
         sink: TurnSink,
         segments: asyncio.Queue[Segment | None],
         out: asyncio.Queue[AvatarInput | None],
     ) -> None:
-        tts, avatar = self.stages.tts, self.stages.avatar
+        avatar = self.stages.avatar
         first_chunk = True
         while (segment := await segments.get()) is not None:
             controls = self.controls_for(run.request, segment.hint)
@@ -274,6 +331,85 @@ class TurnPipeline:
                 spoken.word_times.extend(m.time_ms for m in chunk.marks if m.kind is MarkKind.WORD)
                 await out.put(AvatarInput(chunk, face_mapping))
         await out.put(None)
+
+    async def _run_realtime(self, run: TurnRun, sink: TurnSink, report: _Report, realtime: RealtimeAdapter) -> None:
+        request = run.request
+        controls = self.controls_for(request, None)
+        prompt, prompt_applied = system_prompt(request.persona, controls)
+        # The provider speaks every word it writes, so inline emotion tags must not be asked for.
+        prompt = prompt.replace(_HINT_RULE, "").strip()
+        mapping = realtime.map_controls(controls)
+        report.add(Stage.REALTIME, ControlMapping(controls, applied=prompt_applied))
+        report.add(Stage.REALTIME, mapping)
+        face = self.stages.avatar.map_controls(controls)
+        report.add(Stage.AVATAR, face)
+        owned = request.conversation is None  # Generate: a conversation for this one turn
+        slot = request.conversation or ConversationSlot()
+        audio: asyncio.Queue[AvatarInput | None] = asyncio.Queue(maxsize=8)
+        llm_request = LLMRequest(prompt, request.user_text, request.history, controls)
+        try:
+            if slot.conversation is None:
+                slot.conversation = await realtime.open(prompt, mapping)
+            conversation = slot.conversation
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(
+                        self._converse(run, realtime.name, conversation, llm_request, mapping, face, sink, audio)
+                    )
+                    tasks.create_task(self._animate(run, sink, audio))
+            except asyncio.CancelledError:
+                await self._truncate(conversation, run)
+                raise
+        finally:
+            if owned:
+                await slot.aclose()
+
+    async def _converse(
+        self,
+        run: TurnRun,
+        name: str,
+        conversation: RealtimeConversation,
+        llm_request: LLMRequest,
+        mapping: ControlMapping,
+        face: ControlMapping,
+        sink: TurnSink,
+        out: asyncio.Queue[AvatarInput | None],
+    ) -> None:
+        spoken = SpokenSegment("", 0.0, 0.0)
+        run.spoken.append(spoken)
+        asked = time.monotonic()
+        first = True
+        async for item in conversation.respond(llm_request, mapping):
+            if first:
+                first = False
+                run.metrics.stages.append(StageTiming(Stage.REALTIME, (time.monotonic() - asked) * 1000, name))
+            if isinstance(item, str):
+                if not run.text_parts:
+                    run.metrics.time_to_first_text_ms = run.metrics.llm_first_token_ms = run.since_start_ms()
+                run.text_parts.append(item)
+                spoken.text += item
+                await sink.text(item)
+                continue
+            if not run.audio_end_ms:
+                run.metrics.tts_first_byte_ms = (time.monotonic() - asked) * 1000
+            chunk = self._on_clock(item, run.audio_end_ms)
+            await run.pacer.wait(chunk.timestamp_ms)
+            if not run.audio_end_ms:
+                run.metrics.time_to_first_audio_ms = run.since_start_ms()
+            await sink.audio(chunk)
+            run.audio_end_ms = spoken.end_ms = chunk.end_ms
+            await out.put(AvatarInput(chunk, face))
+        spoken.text = spoken.text.strip()
+        await out.put(None)
+
+    @staticmethod
+    async def _truncate(conversation: RealtimeConversation, run: TurnRun) -> None:
+        """Tell the provider how much of the interrupted reply was heard; never holds the interrupt up for long."""
+        heard = run.heard_ms(run.played_ms)
+        try:
+            await asyncio.wait_for(conversation.truncate(heard), 1.0)
+        except (ProviderError, TimeoutError) as exc:
+            log.warning("realtime truncate failed", error=str(exc), heard_ms=round(heard, 1))
 
     @staticmethod
     def _on_clock(chunk: AudioChunk, at_ms: float) -> AudioChunk:

@@ -1,9 +1,11 @@
 """The service core behind the servicer: adapters, personas, sessions, and one-shot turns.
 
-Built once from a `Config`. It owns the stage adapters (started on `start`,
-closed on `aclose`), the persona catalogue, the turn pipeline and the live
-sessions, including those made ahead of time by `CreateSession`, which expire
-when nothing attaches to them in time.
+Built once from a `Config`. It owns the stage adapters, each behind the provider
+router (`tth_server.router`: budgets, retries, breaker, fallbacks; started on
+`start`, closed on `aclose`), the persona catalogue, the turn pipeline and the live
+sessions (a `SessionTable`, with their state in the configured `SessionStore`),
+including those made ahead of time by `CreateSession`, which expire when nothing
+attaches to them in time.
 """
 
 from __future__ import annotations
@@ -13,16 +15,19 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from adapters.base import Adapter, AvatarAdapter, LLMAdapter, TTSAdapter
-from tth_server import registry
+from adapters.base import Adapter, AvatarAdapter, LLMAdapter, RealtimeAdapter, TTSAdapter
+from tth_server import router
+from tth_server.auth import ANONYMOUS, KeyStore
 from tth_server.config import Config, ConfigError
 from tth_server.controls import ControlError, ControlPatch
 from tth_server.errors import turn_failure
-from tth_server.events import AudioOut, Event, Started, TextOut, TurnCompleted, VideoOut
+from tth_server.events import AudioOut, ErrorCode, Event, Notice, NoticeKind, Started, TextOut, TurnCompleted, VideoOut
+from tth_server.limits import Limits
 from tth_server.media import AudioChunk, RenderSettings, VideoFrame
 from tth_server.personas import PersonaCatalog
 from tth_server.pipeline import Pacer, SegmentPolicy, Stages, TurnPipeline, TurnRequest, TurnRun
-from tth_server.session import Session
+from tth_server.session import Session, SessionTable
+from tth_server.store import make_store
 
 _LEADS = {"low": 0.5, "balanced": 1.0, "quality": 2.0}  # multiples of session.max_lead_ms
 
@@ -44,26 +49,53 @@ class Runtime:
             self.personas = PersonaCatalog.load(config.personas_file, config.session.default_persona)
         except (ControlError, OSError) as exc:
             raise ConfigError(f"personas_file {config.personas_file}: {exc}") from None
-        built = {stage: registry.create(stage, spec) for stage, spec in config.components.items()}
+        built = {stage: router.route(stage, spec, config.router) for stage, spec in config.components.items()}
         self.adapters: dict[str, Adapter] = built
-        llm, tts, avatar = built.get("llm"), built.get("tts"), built.get("avatar")
-        if not (isinstance(llm, LLMAdapter) and isinstance(tts, TTSAdapter) and isinstance(avatar, AvatarAdapter)):
-            raise ConfigError("components: this server needs llm, tts and avatar adapters")
-        self.pipeline = TurnPipeline(Stages(llm, tts, avatar))
-        self.sessions: dict[str, Session] = {}
-        self._expiry: dict[str, asyncio.TimerHandle] = {}
+        llm, tts, avatar, realtime = (built.get(s) for s in ("llm", "tts", "avatar", "realtime"))
+        if isinstance(realtime, RealtimeAdapter) and isinstance(avatar, AvatarAdapter):
+            if llm is not None or tts is not None:
+                raise ConfigError("components: a realtime stage replaces llm and tts; remove them or remove realtime")
+            self.pipeline = TurnPipeline(Stages(None, None, avatar, realtime))
+        elif isinstance(llm, LLMAdapter) and isinstance(tts, TTSAdapter) and isinstance(avatar, AvatarAdapter):
+            self.pipeline = TurnPipeline(Stages(llm, tts, avatar))
+        else:
+            raise ConfigError("components: this server needs llm, tts and avatar adapters (or realtime and avatar)")
+        self.store = make_store(config.store)
+        self.sessions = SessionTable(self)
+        self.keys = KeyStore.from_settings(config.auth, config.api_keys)
+        self.limits = Limits(config.limits)
+        self.draining = False  # set by shut_down: no new sessions or turns
 
     @property
     def sample_rate_hz(self) -> int:
-        return self.pipeline.stages.tts.sample_rate_hz
+        return self.pipeline.stages.sample_rate_hz
 
     async def start(self) -> None:
+        await self.store.start()
         await asyncio.gather(*(a.start() for a in self.adapters.values()))
 
+    async def shut_down(self, grace_s: float) -> None:
+        """Stop taking work; let running turns finish within `grace_s`; then end every session with UNAVAILABLE."""
+        self.draining = True
+        live = list(self.sessions.values())
+        notice = Notice(
+            NoticeKind.SERVER_SHUTTING_DOWN,
+            f"the server is shutting down: no new turns; the running turn may finish within {grace_s:g} s",
+            int(grace_s * 1000),
+        )
+        for session in live:
+            session.notify(notice)
+        if live:
+            await asyncio.wait([asyncio.ensure_future(s.drain()) for s in live], timeout=grace_s)
+        for session in live:
+            await session.end(ErrorCode.UNAVAILABLE, "the server is shutting down; reconnect to another replica")
+        for session in live:
+            if not session.attached:  # no stream to end it: leave it in the store for another replica now
+                await self.sessions.end(session)
+
     async def aclose(self) -> None:
-        for session in list(self.sessions.values()):
-            await session.close()
-        self.sessions.clear()
+        await self.sessions.aclose()
+        await self.store.aclose()
         await asyncio.gather(*(a.aclose() for a in self.adapters.values()), return_exceptions=True)
 
     def render_settings(self, req: RenderRequest, where: str) -> tuple[RenderSettings, SegmentPolicy, float]:
@@ -86,35 +118,23 @@ class Runtime:
         )
         return RenderSettings(fps, width, height), policy, self.config.session.max_lead_ms * _LEADS[mode]
 
-    def new_session(self, persona_id: str, defaults: ControlPatch, render: RenderRequest, where: str) -> Session:
+    def new_session(
+        self, persona_id: str, defaults: ControlPatch, render: RenderRequest, where: str, key_id: str = ANONYMOUS
+    ) -> Session:
+        """A validated session, not yet live: `sessions.open` or `sessions.add_waiting` makes it so."""
         persona = self.personas.get(persona_id or self.personas.default_id, f"{where}.persona_id")
         if defaults.persona_id is not None:
             self.personas.get(defaults.persona_id, f"{where}.default_control.character.persona_id")
         settings, policy, lead = self.render_settings(render, f"{where}.render")
-        session = Session(self, persona.id, defaults, settings, policy, lead)
-        self.sessions[session.id] = session
-        return session
+        return Session(self, persona.id, defaults, settings, policy, lead, key_id=key_id)
 
-    def create_session(self, persona_id: str, defaults: ControlPatch, render: RenderRequest) -> Session:
+    async def create_session(
+        self, persona_id: str, defaults: ControlPatch, render: RenderRequest, key_id: str = ANONYMOUS
+    ) -> Session:
         """A session made ahead of time; it expires unless a stream attaches in time."""
-        session = self.new_session(persona_id, defaults, render, "")
-        timeout = self.config.session.attach_timeout_s
-        self._expiry[session.id] = asyncio.get_running_loop().call_later(timeout, self._expire, session.id)
+        session = self.new_session(persona_id, defaults, render, "", key_id)
+        await self.sessions.add_waiting(session, self.config.session.attach_timeout_s)
         return session
-
-    def attach(self, session_id: str) -> Session | None:
-        handle = self._expiry.pop(session_id, None)
-        if handle is not None:
-            handle.cancel()
-        return self.sessions.get(session_id) if handle is not None else None
-
-    async def end_session(self, session: Session) -> None:
-        self.sessions.pop(session.id, None)
-        await session.close()
-
-    def _expire(self, session_id: str) -> None:
-        self._expiry.pop(session_id, None)
-        self.sessions.pop(session_id, None)
 
     async def generate(
         self, text: str, persona_id: str, patch: ControlPatch, render: RenderRequest

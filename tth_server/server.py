@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,7 +22,9 @@ from grpc_reflection.v1alpha import reflection
 
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
-from tth_server.config import Config
+from tth_server.auth import AuthInterceptor
+from tth_server.config import Config, TLSSettings
+from tth_server.convert import tolerant_handlers
 from tth_server.logs import log
 from tth_server.runtime import Runtime
 from tth_server.servicer import ConversationServicer
@@ -57,18 +60,38 @@ class RunningServer:
             await self.refresh_health()
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Graceful shutdown: NOT_SERVING, refuse new calls, let running ones finish within the grace period."""
+        """Graceful shutdown: NOT_SERVING, refuse new calls, let running turns finish within the grace period.
+
+        Health flips first so balancers stop sending; sessions get a notice, new
+        streams and turns are refused with UNAVAILABLE, running turns may finish
+        within the grace period and are then interrupted (each still ends with its
+        terminal event), and every stream ends with UNAVAILABLE so clients
+        reconnect elsewhere. What grace is left is given to other calls in flight.
+        """
         grace = self.runtime.config.server.grace_period_s if grace_s is None else grace_s
+        deadline = asyncio.get_running_loop().time() + grace
         await self.health.enter_graceful_shutdown()
         if self._refresher is not None:
             self._refresher.cancel()
-        # During the grace period new RPCs are rejected and running ones may finish;
-        # after it, they are cancelled.
-        await self.server.stop(grace)
+        await self.runtime.shut_down(grace)
+        await self.server.stop(max(0.5, deadline - asyncio.get_running_loop().time()))
         await self.runtime.aclose()
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
+
+
+def _bind(server: grpc.aio.Server, address: str, tls: TLSSettings) -> int:
+    """Listen in plain text, with TLS, or with mutual TLS when a client CA is configured."""
+    if not tls.cert_file:
+        return int(server.add_insecure_port(address))
+    client_ca = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None
+    credentials = grpc.ssl_server_credentials(
+        [(Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+    return int(server.add_secure_port(address, credentials))
 
 
 async def serve(config: Config, listen: str | None = None) -> RunningServer:
@@ -76,23 +99,28 @@ async def serve(config: Config, listen: str | None = None) -> RunningServer:
     runtime = Runtime(config)
     await runtime.start()
     limit = config.server.max_message_bytes
+    if not runtime.keys.enabled:
+        log.warning("no API keys configured (TTH_API_KEYS or auth.keys_file): the server is open to anyone")
     server = grpc.aio.server(
+        interceptors=[AuthInterceptor(runtime.keys, config.auth)],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.keepalive_permit_without_calls", 1),
-        ]
+        ],
     )
-    pb_grpc.add_ConversationServiceServicer_to_server(ConversationServicer(runtime), server)
+    handlers = tolerant_handlers(pb_grpc.add_ConversationServiceServicer_to_server, ConversationServicer(runtime))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     address = listen or config.server.listen
-    port = server.add_insecure_port(address)
+    port = _bind(server, address, config.tls)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()

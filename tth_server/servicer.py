@@ -3,11 +3,16 @@
 Reading and writing a `Converse` stream are independent: one task reads
 requests into the session while the handler yields from the session's outbox,
 so an interrupt is read even while media is being written.
+
+A stream that drops (the client cancelled or the connection broke) detaches
+from its session instead of ending it; a half-close still ends it. A stream
+that resumes the session gets the events its client missed first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import NoReturn
 
@@ -17,13 +22,25 @@ import structlog
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
 from tth_server import convert
+from tth_server.auth import ANONYMOUS
 from tth_server.controls import ControlError
-from tth_server.events import ErrorCode, ErrorOut, InterruptReason
+from tth_server.convert import Malformed
+from tth_server.errors import STATUS_CODES
+from tth_server.events import ErrorCode, ErrorOut, InterruptReason, Notice, NoticeKind
+from tth_server.limits import LimitExceeded
 from tth_server.logs import log
 from tth_server.runtime import Runtime
-from tth_server.session import Session
+from tth_server.session import Attachment, AttachRefused, Session, SessionState
 
+_SHUTTING_DOWN = "the server is shutting down; connect to another replica"
 _MODES = {"local": pb.ADAPTER_MODE_LOCAL, "api": pb.ADAPTER_MODE_API, "self_host": pb.ADAPTER_MODE_SELF_HOST}
+_REFUSALS = {
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "out_of_range": grpc.StatusCode.OUT_OF_RANGE,
+    "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+}
+_TAKEN_OVER = "another stream resumed this session (config.resume_after_seq); this stream no longer has it"
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -38,23 +55,93 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
     async def Converse(
         self, request_iterator: AsyncIterator[pb.ConverseRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ConverseResponse]:
+        key = await self._admit(context)
         requests = aiter(request_iterator)
-        session = await self._open(requests, context)
-        structlog.contextvars.bind_contextvars(session_id=session.id)
-        log.info("session started", persona=session.persona_id)
-        reader = asyncio.get_running_loop().create_task(self._read(requests, session))
+        session, attachment = await self._open(requests, context, key)
+        structlog.contextvars.bind_contextvars(session_id=session.id, key_id=key)
+        log.info("session started" if attachment.started_seq else "stream attached", persona=session.persona_id)
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(self._read(requests, session, key))
+        watchdog = loop.create_task(self._watch(session))
+        over = False
         try:
-            seq = 1
-            yield convert.converse_response(session.started_event(), session.id, seq)
-            while (event := await session.outbox.get()) is not None:
-                seq += 1
+            yield self._started(session, attachment)
+            while (item := await session.next_event(attachment)) is not None:
+                seq, event = item
                 yield convert.converse_response(event, session.id, seq)
+            over = not attachment.replaced  # the session closed and everything was sent
         finally:
             reader.cancel()
-            await self.runtime.end_session(session)
-            log.info("session ended", turns=session.turns)
+            watchdog.cancel()
+            if over:
+                await self.runtime.sessions.end(session)
+                log.info("session ended", turns=session.turns)
+            else:  # dropped or taken over: the session lives on, waiting for a resume
+                self.runtime.sessions.detach(session, attachment)
+        if attachment.replaced:
+            await _abort(context, grpc.StatusCode.ABORTED, _TAKEN_OVER)
+        if session.ended is not None:
+            await _abort(context, STATUS_CODES[session.ended.code], session.ended.message)
 
-    async def _open(self, requests: AsyncIterator[pb.ConverseRequest], context: grpc.aio.ServicerContext) -> Session:
+    async def _admit(self, context: grpc.aio.ServicerContext) -> str:
+        """The caller's key id, unless the server is shutting down (limits are checked once the config is read)."""
+        if self.runtime.draining:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+        return self.runtime.keys.identify(context.invocation_metadata()) or ANONYMOUS
+
+    @staticmethod
+    def _started(session: Session, attachment: Attachment) -> pb.ConverseResponse:
+        response = convert.converse_response(session.started_event(), session.id, attachment.started_seq)
+        if attachment.resumed is not None:
+            r = attachment.resumed
+            response.started.resumed.CopyFrom(
+                pb.SessionResumed(lossless=r.lossless, last_seq=r.last_seq, detail=r.detail)
+            )
+        return response
+
+    async def _watch(self, session: Session) -> None:
+        """End the session at its idle or length limit, with a notice `end_notice_s` ahead of either."""
+        limits = self.runtime.config.limits
+        started = session.created
+        warned_for = 0.0
+        while True:
+            now = time.monotonic()
+            if session.state is not SessionState.IDLE:
+                session.last_request = now  # a running turn is activity
+            ends = []
+            if limits.session_max_s:
+                ends.append(
+                    (
+                        started + limits.session_max_s,
+                        f"maximum length of {limits.session_max_s:g} s (limits.session_max_s)",
+                    )
+                )
+            if limits.session_idle_s:
+                ends.append(
+                    (
+                        session.last_request + limits.session_idle_s,
+                        f"idle limit of {limits.session_idle_s:g} s with no request (limits.session_idle_s)",
+                    )
+                )
+            if not ends:
+                return
+            deadline, why = min(ends)
+            if now >= deadline:
+                await session.end(ErrorCode.RESOURCE_EXHAUSTED, f"the session reached its {why}; start a new one")
+                return
+            if now >= deadline - limits.end_notice_s and abs(deadline - warned_for) > 1.0:
+                warned_for = deadline
+                session.notify(
+                    Notice(
+                        NoticeKind.SESSION_ENDING, f"the session will end at its {why}", int((deadline - now) * 1000)
+                    )
+                )
+            next_check = deadline if now >= deadline - limits.end_notice_s else deadline - limits.end_notice_s
+            await asyncio.sleep(min(1.0, max(0.01, next_check - now)))
+
+    async def _open(
+        self, requests: AsyncIterator[pb.ConverseRequest], context: grpc.aio.ServicerContext, key: str
+    ) -> tuple[Session, Attachment]:
         timeout = self.runtime.config.session.config_timeout_s
         try:
             first = await asyncio.wait_for(anext(requests), timeout)
@@ -70,6 +157,8 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"no config within {timeout:g} s; the first ConverseRequest must set config",
             )
+        if isinstance(first, Malformed):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, first.message("the first ConverseRequest"))
         arm = first.WhichOneof("request")
         if arm != "config":
             await _abort(
@@ -78,43 +167,62 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
                 f"the first ConverseRequest must set config, got {arm or 'no field'}",
             )
         cfg = first.config
+        after = cfg.resume_after_seq if cfg.HasField("resume_after_seq") else None
         try:
             if cfg.session_id:
-                attached = self.runtime.attach(cfg.session_id)
-                if attached is None:
-                    await _abort(
-                        context,
-                        grpc.StatusCode.NOT_FOUND,
-                        f"config.session_id {cfg.session_id!r} is not a "
-                        "session waiting to be attached (unknown, expired or already attached)",
-                    )
-                return attached
-            return self.runtime.new_session(
+                return await self.runtime.sessions.attach(cfg.session_id, key, after)
+            if after is not None:
+                await _abort(
+                    context, grpc.StatusCode.INVALID_ARGUMENT, "config.resume_after_seq needs config.session_id"
+                )
+            session = self.runtime.new_session(
                 cfg.persona_id,
                 convert.patch_from_proto(cfg.default_control, "config.default_control"),
                 convert.render_from_proto(cfg.render, "config.render"),
                 "config",
+                key,
             )
+            return session, await self.runtime.sessions.open(session)
         except ControlError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except AttachRefused as exc:
+            if exc.retry_after_s:
+                context.set_trailing_metadata((("retry-after-ms", str(int(exc.retry_after_s * 1000))),))
+            await _abort(context, _REFUSALS[exc.reason], str(exc))
 
-    async def _read(self, requests: AsyncIterator[pb.ConverseRequest], session: Session) -> None:
+    async def _read(self, requests: AsyncIterator[pb.ConverseRequest], session: Session, key: str) -> None:
         try:
             async for request in requests:
-                await self._handle(request, session)
-            await session.drain()  # half-close: finish the running turn, then end with OK
-        finally:
-            session.outbox.close()
+                session.last_request = time.monotonic()
+                await self._handle(request, session, key)
+        except Exception as exc:  # the call broke; gRPC ends it, and the session waits for a resume
+            log.info("reading the stream failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        await session.drain()  # half-close: finish the running turn, then end with OK
+        session.outbox.close()
 
-    async def _handle(self, request: pb.ConverseRequest, session: Session) -> None:
+    async def _handle(self, request: pb.ConverseRequest | Malformed, session: Session, key: str) -> None:
+        if isinstance(request, Malformed):
+            message = request.message("a ConverseRequest") + "; ignored"
+            session.outbox.put_control(ErrorOut(ErrorCode.INVALID_ARGUMENT, message))
+            return
         arm = request.WhichOneof("request")
         try:
-            if arm == "text":
+            if arm == "text" and self.runtime.draining:
+                session.outbox.put_control(
+                    ErrorOut(
+                        ErrorCode.UNAVAILABLE,
+                        "the server is shutting down; no new turns here: reconnect to another replica",
+                        retryable=True,
+                    )
+                )
+            elif arm == "text":
+                self.runtime.limits.admit_turn(key)
                 limit = self.runtime.config.session.max_text_chars
                 text = convert.text_from_proto(request.text.text, limit, "text.text")
                 await session.say(text, convert.patch_from_proto(request.text.control, "text.control"))
             elif arm == "control":
-                session.update_controls(convert.patch_from_proto(request.control.control, "control.control"))
+                await session.update_controls(convert.patch_from_proto(request.control.control, "control.control"))
             elif arm == "interrupt":
                 i = request.interrupt
                 await session.interrupt(InterruptReason.CLIENT, i.played_ms if i.HasField("played_ms") else None)
@@ -131,15 +239,24 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
                 )
         except ControlError as exc:
             session.outbox.put_control(ErrorOut(ErrorCode.INVALID_ARGUMENT, str(exc)))
+        except LimitExceeded as exc:
+            retry_ms = int(exc.retry_after_s * 1000) + 1
+            session.outbox.put_control(ErrorOut(ErrorCode.RESOURCE_EXHAUSTED, str(exc), True, retry_ms))
 
     async def CreateSession(
-        self, request: pb.CreateSessionRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CreateSessionRequest | Malformed, context: grpc.aio.ServicerContext
     ) -> pb.CreateSessionResponse:
+        if isinstance(request, Malformed):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.message("the CreateSessionRequest"))
+        if self.runtime.draining:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+        key = self.runtime.keys.identify(context.invocation_metadata()) or ANONYMOUS
         try:
-            session = self.runtime.create_session(
+            session = await self.runtime.create_session(
                 request.persona_id,
                 convert.patch_from_proto(request.default_control, "default_control"),
                 convert.render_from_proto(request.render, "render"),
+                key,
             )
         except ControlError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -148,8 +265,12 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
         )
 
     async def Generate(
-        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GenerateRequest | Malformed, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
+        if isinstance(request, Malformed):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.message("the GenerateRequest"))
+        if self.runtime.draining:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
         try:
             limit = self.runtime.config.session.max_text_chars
             text = convert.text_from_proto(request.text, limit, "text")
@@ -166,8 +287,10 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             yield convert.generate_response(event, seq)
 
     async def ListModels(
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListModelsRequest | Malformed, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
+        if isinstance(request, Malformed):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.message("the ListModelsRequest"))
         stages = []
         for stage, adapter in self.runtime.adapters.items():
             caps = adapter.capabilities()

@@ -5,13 +5,26 @@ machine: IDLE -> LLM_RUN -> TTS_RUN -> AVATAR_RUN -> STREAMING_OUTPUT, and back
 to IDLE through exactly one terminal event (turn_complete, turn_interrupted or
 a turn error). New text while a turn runs interrupts it first (barge-in), so
 the old turn's terminal event always precedes the new turn's first event.
+
+A session outlives its streams. Every event it sends is numbered with the
+session's own `seq` and kept in a bounded `ReplayBuffer`, so a stream that
+resumes after a dropped connection continues the sequence and first gets exactly
+what its client missed. One stream is attached at a time (an `Attachment`); a
+resume takes over from the attached one. `SessionTable` keeps this replica's
+sessions: it attaches streams (restoring a session from the `SessionStore` when
+another replica started it), lets a session whose stream dropped wait
+`session.resume_window_s` for a resume, and ends sessions, releasing their limits
+slot. The session saves its state to the store as it changes, and before each
+terminal event, so a replica taking it over never ends a turn twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import deque
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -19,23 +32,28 @@ from typing import TYPE_CHECKING
 import structlog
 
 from adapters.base import Message
+from tth_server.auth import ANONYMOUS
 from tth_server.controls import ControlPatch
 from tth_server.errors import turn_failure
 from tth_server.events import (
     AudioOut,
     ErrorCode,
     ErrorOut,
+    Event,
     InterruptReason,
+    Notice,
     Started,
     TextOut,
     TurnCompleted,
     TurnInterrupted,
     VideoOut,
 )
+from tth_server.limits import LimitExceeded
 from tth_server.logs import log
 from tth_server.media import AudioChunk, RenderSettings, VideoFrame
-from tth_server.outbox import Outbox
-from tth_server.pipeline import Pacer, SegmentPolicy, TurnRequest, TurnRun
+from tth_server.outbox import Outbox, ReplayBuffer
+from tth_server.pipeline import ConversationSlot, Pacer, SegmentPolicy, TurnRequest, TurnRun
+from tth_server.store import SessionRecord, StoreError
 
 if TYPE_CHECKING:
     from tth_server.runtime import Runtime
@@ -56,6 +74,44 @@ class _Turn:
     task: asyncio.Task[None]
     reason: InterruptReason | None = None
     played_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """How a stream that attached to a session already under way picks it up."""
+
+    lossless: bool  # every event after the client's resume_after_seq follows, with its original seq
+    last_seq: int  # the session's last seq before this stream attached
+    detail: str = ""  # why not lossless
+
+
+class Attachment:
+    """One stream's hold on a session: where it is in the session's sequence, and whether it still holds it."""
+
+    __slots__ = ("active", "cursor", "replaced", "resumed", "started_seq")
+
+    def __init__(self, cursor: int, started_seq: int, resumed: Resumed | None = None) -> None:
+        self.cursor = cursor  # the seq of the last event this stream was given
+        self.started_seq = started_seq  # 1 on the session's first stream, 0 (outside the sequence) on later ones
+        self.resumed = resumed
+        self.active = True
+        self.replaced = False  # another stream resumed the session and took over
+
+    def is_active(self) -> bool:
+        return self.active
+
+
+class AttachRefused(Exception):
+    """A stream cannot have the session it asked for; `reason` picks the gRPC status."""
+
+    def __init__(self, reason: str, message: str, retry_after_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.reason = reason  # not_found | out_of_range | resource_exhausted | unavailable
+        self.retry_after_s = retry_after_s
+
+
+def _is_terminal(event: Event) -> bool:
+    return isinstance(event, TurnCompleted | TurnInterrupted) or (isinstance(event, ErrorOut) and bool(event.turn_id))
 
 
 class _OutboxSink:
@@ -85,8 +141,10 @@ class Session:
         policy: SegmentPolicy,
         lead_ms: float,
         session_id: str | None = None,
+        key_id: str = ANONYMOUS,
     ) -> None:
         self.id = session_id or f"s-{uuid.uuid4().hex[:16]}"
+        self.key_id = key_id  # the API key that owns it; only that key may attach
         self.runtime = runtime
         self.persona_id = persona_id
         self.defaults = defaults
@@ -98,7 +156,43 @@ class Session:
         self.outbox = Outbox(runtime.config.session.outbox_capacity)
         self._turn: _Turn | None = None
         self._closed = False
+        self.conversation = ConversationSlot()  # used only with a realtime provider
         self.turns = 0
+        self.last_request = time.monotonic()
+        self.ended: ErrorOut | None = None  # why the server ended the session, when it did
+        settings = runtime.config.session
+        self.replay = ReplayBuffer(settings.replay_events, settings.replay_bytes)
+        self.created = time.monotonic()  # for limits.session_max_s
+        self.created_at = time.time()
+        self.epoch = 0  # ownership fence in the store
+        self.holds_slot = False  # counted against limits.max_sessions here
+        self.superseded = False  # another replica took the session over
+        self._attachment: Attachment | None = None
+        self._running_turn_id = ""  # the turn started and not yet ended, as the store knows it
+        self._save_lock = asyncio.Lock()
+        self._released = False
+        self._ending: asyncio.Task[None] | None = None
+
+    @classmethod
+    def restore(cls, runtime: Runtime, state: SessionRecord) -> Session:
+        """A session rebuilt from the store, as another replica left it; its sequence is set on attach."""
+        session = cls(
+            runtime,
+            state.persona_id,
+            state.defaults,
+            state.render,
+            state.segments,
+            state.lead_ms,
+            state.session_id,
+            state.key_id,
+        )
+        session.pending = state.pending
+        session.history.extend(state.history)
+        session.turns = state.turns
+        session.epoch = state.epoch
+        session.created_at = state.created_at
+        session.created = time.monotonic() - max(0.0, time.time() - state.created_at)
+        return session
 
     @property
     def state(self) -> SessionState:
@@ -115,15 +209,143 @@ class Session:
             return SessionState.TTS_RUN
         return SessionState.LLM_RUN
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def attached(self) -> bool:
+        return self._attachment is not None
+
     def started_event(self) -> Started:
         persona = self.runtime.personas.get(self.persona_id)
         return Started(self.runtime.sample_rate_hz, self.render, persona.id, persona.name)
 
-    def update_controls(self, patch: ControlPatch) -> None:
+    # ---- streams ---------------------------------------------------------------------------------------------------
+
+    def check_resume(self, after: int) -> None:
+        """Raise AttachRefused unless every event after seq `after` is still held for replay."""
+        replay = self.replay
+        if after > replay.last_seq:
+            raise AttachRefused(
+                "out_of_range",
+                f"config.resume_after_seq {after} is ahead of the session's last event (seq {replay.last_seq})",
+            )
+        if not replay.holds_after(after):
+            gone = replay.first_seq - 1 - after
+            raise AttachRefused(
+                "out_of_range",
+                f"config.resume_after_seq {after} is too old: the {gone} events after it are no longer held "
+                f"(a session keeps its last {replay.max_events} events, at most {replay.max_bytes} bytes: "
+                "session.replay_events, session.replay_bytes); attach with config.session_id alone to go on "
+                "without them, or start a new session",
+            )
+
+    def attach(self, after: int | None, resumed: Resumed | None) -> Attachment:
+        """Give the session to a new stream, taking it from the attached one, if any.
+
+        On the session's first stream `started` is seq 1; later streams get the
+        events after seq `after` (None: only new ones), then new ones.
+        """
+        old = self._attachment
+        if old is not None:
+            old.active, old.replaced = False, True
+            self.outbox.wake_reader()
+        if self.replay.last_seq == 0:
+            attachment = Attachment(0, 1)
+            attachment.cursor = self.replay.append(self.started_event())
+        else:
+            attachment = Attachment(self.replay.last_seq if after is None else after, 0, resumed)
+        self._attachment = attachment
+        return attachment
+
+    def detach(self, attachment: Attachment) -> None:
+        attachment.active = False
+        if self._attachment is attachment:
+            self._attachment = None
+
+    async def next_event(self, attachment: Attachment) -> tuple[int, Event] | None:
+        """The stream's next event and its seq: held ones it missed first, then new ones.
+
+        None once the session has closed and sent everything, or the stream lost
+        the session to another. Each new event is numbered and kept for replay as
+        it is handed out, so a stream that drops right after loses nothing.
+        """
+        if not attachment.active:
+            return None
+        if attachment.cursor < self.replay.last_seq:
+            attachment.cursor += 1
+            return attachment.cursor, self.replay.after(attachment.cursor - 1)
+        event = await self.outbox.get(attachment.is_active)
+        if event is None:
+            return None
+        attachment.cursor = self.replay.append(event)
+        return attachment.cursor, event
+
+    # ---- the store -------------------------------------------------------------------------------------------------
+
+    def snapshot(self, *, sealed: bool = False, running: str | None = None) -> SessionRecord:
+        return SessionRecord(
+            session_id=self.id,
+            key_id=self.key_id,
+            persona_id=self.persona_id,
+            defaults=self.defaults,
+            pending=self.pending,
+            history=tuple(self.history),
+            render=self.render,
+            segments=self.policy,
+            lead_ms=self.lead_ms,
+            turns=self.turns,
+            last_seq=self.replay.last_seq,
+            running_turn_id=self._running_turn_id if running is None else running,
+            sealed=sealed,
+            created_at=self.created_at,
+            epoch=self.epoch,
+        )
+
+    async def persist(self, *, create: bool = False, sealed: bool = False, running: str | None = None) -> None:
+        """Save the state; a store failure is logged, and losing the session to another replica ends it here."""
+        if self._closed and not sealed:
+            return
+        async with self._save_lock:  # saves land in the order their snapshots were taken
+            try:
+                saved = await self.runtime.store.save(self.snapshot(sealed=sealed, running=running), create=create)
+            except StoreError as exc:
+                log.warning("session state not saved", error=str(exc))
+                return
+        if not saved and not self._closed and not self.superseded:
+            log.warning("session taken over by another replica; ending it here")
+            self.superseded = True
+            message = "this session was resumed on another replica; this stream no longer has it"
+            self._ending = asyncio.get_running_loop().create_task(self.end(ErrorCode.FAILED_PRECONDITION, message))
+
+    async def seal(self) -> None:
+        """Save the state a last time as this replica lets go of the closed session (it is shutting down).
+
+        Events still queued will never be sent from here: then the resume is not
+        lossless, and a turn whose terminal event is among them counts as lost.
+        """
+        unsent, lost = False, ""
+        while (event := await self.outbox.get()) is not None:
+            unsent = True
+            if _is_terminal(event):
+                lost = event.turn_id
+        await self.persist(sealed=not unsent, running=lost)
+
+    async def forget(self) -> None:
+        try:
+            await self.runtime.store.delete(self.id, self.epoch)
+        except StoreError as exc:
+            log.warning("session state not deleted; it expires with store.ttl_s", error=str(exc))
+
+    # ---- turns -----------------------------------------------------------------------------------------------------
+
+    async def update_controls(self, patch: ControlPatch) -> None:
         """Change the standing controls from the next turn on."""
         if patch.persona_id is not None:
             self.runtime.personas.get(patch.persona_id, "control.control.character.persona_id")
         self.pending = patch.over(self.pending)
+        await self.persist()
 
     async def say(self, text: str, patch: ControlPatch) -> str:
         """Start a turn for `text`, interrupting a running one first; returns the turn id."""
@@ -132,11 +354,20 @@ class Session:
         persona = self.runtime.personas.get(persona_id, "text.control.character.persona_id")
         await self.interrupt(InterruptReason.BARGE_IN)
         turn_id = f"t-{uuid.uuid4().hex[:12]}"
-        request = TurnRequest(turn_id, text, tuple(self.history), layers, persona, self.render, self.policy)
+        self._running_turn_id = turn_id
+        self.turns += 1
+        try:
+            await self.persist()  # a replica that takes over knows this turn never ended
+        except asyncio.CancelledError:
+            self._running_turn_id = ""
+            self.turns -= 1
+            raise
+        request = TurnRequest(
+            turn_id, text, tuple(self.history), layers, persona, self.render, self.policy, self.conversation
+        )
         run = TurnRun(request, Pacer(self.lead_ms))
         task = asyncio.get_running_loop().create_task(self._run(run), name=f"turn {turn_id}")
         self._turn = _Turn(run, task)
-        self.turns += 1
         return turn_id
 
     async def interrupt(self, reason: InterruptReason, played_ms: float | None = None) -> bool:
@@ -144,8 +375,10 @@ class Session:
         turn = self._turn
         if turn is None or turn.task.done():
             return False
-        turn.reason, turn.played_ms = reason, played_ms
-        turn.task.cancel()
+        if turn.reason is None:  # cancelled once only: a second cancel could cut its terminal event off
+            turn.reason, turn.played_ms = reason, played_ms
+            turn.run.played_ms = played_ms  # a realtime provider truncates its reply at what was heard
+            turn.task.cancel()
         await asyncio.wait([turn.task])
         return True
 
@@ -154,54 +387,71 @@ class Session:
         if self._turn is not None:
             await asyncio.wait([self._turn.task])
 
+    def notify(self, notice: Notice) -> None:
+        self.outbox.put_control(notice)
+
+    async def end(self, code: ErrorCode, message: str) -> None:
+        """End the session from the server's side: the running turn is interrupted, the call ends with `code`."""
+        if self.ended is None:
+            self.ended = ErrorOut(code, message)
+        await self.close()
+
     async def close(self) -> None:
         """End the session: interrupt the running turn and close the outbox."""
         await self.interrupt(InterruptReason.SHUTDOWN)
         self._closed = True
         self.outbox.close()
+        await self.conversation.aclose()
 
     async def _run(self, run: TurnRun) -> None:
         turn_id = run.request.turn_id
         structlog.contextvars.bind_contextvars(session_id=self.id, turn_id=turn_id)
         sink = _OutboxSink(self.outbox, turn_id)
+        terminal: Event
         try:
-            await self.runtime.pipeline.run(run, sink)
-        except asyncio.CancelledError:
-            turn = self._turn
-            if turn is None or turn.reason is None:
-                raise
-            self._interrupted(run, turn.reason, turn.played_ms)
-        except Exception as exc:  # a stage failed: the turn fails, the session goes on
-            self._failed(run, exc)
-        else:
-            self._completed(run)
+            try:
+                await self.runtime.pipeline.run(run, sink)
+            except asyncio.CancelledError:
+                turn = self._turn
+                if turn is None or turn.reason is None:
+                    raise
+                terminal = self._interrupted(run, turn.reason, turn.played_ms)
+            except Exception as exc:  # a stage failed: the turn fails, the session goes on
+                terminal = self._failed(run, exc)
+            else:
+                terminal = self._completed(run)
+            self._running_turn_id = ""
+            try:
+                await self.persist()  # before the terminal event: a replica taking over must not end the turn again
+            finally:
+                self.outbox.put_control(terminal)
         finally:
             if self._turn is not None and self._turn.run is run:
                 self._turn = None
 
-    def _completed(self, run: TurnRun) -> None:
+    def _completed(self, run: TurnRun) -> Event:
         metrics = run.finish_metrics(self.outbox.dropped.pop(run.request.turn_id, 0))
-        self.outbox.put_control(TurnCompleted(run.request.turn_id, metrics, run.report, run.text))
         self._remember(run.request.user_text, run.text)
         self._summary(run, "completed")
+        return TurnCompleted(run.request.turn_id, metrics, run.report, run.text)
 
-    def _interrupted(self, run: TurnRun, reason: InterruptReason, played_ms: float | None) -> None:
+    def _interrupted(self, run: TurnRun, reason: InterruptReason, played_ms: float | None) -> Event:
         turn_id = run.request.turn_id
         unsent = self.outbox.purge(turn_id)
         heard = run.heard_ms(played_ms)
         spoken = run.spoken_text(heard)
         metrics = run.finish_metrics(self.outbox.dropped.pop(turn_id, 0), unsent)
-        self.outbox.put_control(TurnInterrupted(turn_id, spoken, heard, reason, metrics))
         self._remember(run.request.user_text, spoken)
         self._summary(run, "interrupted", reason=reason.value, played_ms=round(heard, 1))
+        return TurnInterrupted(turn_id, spoken, heard, reason, metrics)
 
-    def _failed(self, run: TurnRun, exc: BaseException) -> None:
+    def _failed(self, run: TurnRun, exc: BaseException) -> Event:
         event: ErrorOut = turn_failure(exc, run.request.turn_id)
         self.outbox.dropped.pop(run.request.turn_id, None)
-        self.outbox.put_control(event)
         self._summary(run, "failed", error=event.message)
         if event.code is ErrorCode.INTERNAL:
             log.error("turn crashed", exc_info=exc)
+        return event
 
     def _remember(self, user_text: str, reply: str) -> None:
         # Only exchanges with something heard are kept: providers want user and assistant to alternate.
@@ -223,3 +473,199 @@ class Session:
             total_ms=round(run.since_start_ms(), 1),
             **extra,
         )
+
+
+class SessionTable:
+    """This replica's sessions: opening, attaching and resuming streams, detaching, expiry and the end."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._live: dict[str, Session] = {}
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._live
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._live)
+
+    def get(self, session_id: str) -> Session | None:
+        return self._live.get(session_id)
+
+    def values(self) -> list[Session]:
+        return list(self._live.values())
+
+    async def open(self, session: Session) -> Attachment:
+        """A new session on its first stream."""
+        self._hold_slot(session)
+        self._live[session.id] = session
+        await session.persist(create=True)
+        return session.attach(None, None)
+
+    async def add_waiting(self, session: Session, timeout_s: float) -> None:
+        """A session made ahead of time (CreateSession): it ends unless a stream attaches within `timeout_s`."""
+        self._live[session.id] = session
+        await session.persist(create=True)
+        self._expire_in(session, timeout_s)
+
+    async def attach(self, session_id: str, key_id: str, after: int | None) -> tuple[Session, Attachment]:
+        """A new stream on an existing session: live here, or restored from the store.
+
+        `after` is the client's `resume_after_seq`: the stream then gets every
+        event after it (refused when they are no longer all held) and takes the
+        session over from a stream still attached. Without it nothing is
+        replayed, and a session attached to another stream here is refused.
+        """
+        session = self._live.get(session_id)
+        if session is not None and (session.key_id != key_id or session.closed):
+            session = None  # another key's session is, to this caller, no session at all
+        lost = ""
+        if session is None:
+            session, resumed, lost = await self._restore(session_id, key_id, after)
+        else:
+            if session.attached and after is None:
+                raise AttachRefused(
+                    "not_found",
+                    f"config.session_id {session_id!r} is attached to another stream; "
+                    "set config.resume_after_seq to take it over",
+                )
+            if after is not None:
+                session.check_resume(after)
+            last = session.replay.last_seq
+            if last == 0:
+                resumed = None
+            elif after is None:
+                resumed = Resumed(False, last, "config.resume_after_seq was not set, so nothing was replayed")
+            else:
+                resumed = Resumed(True, last)
+        self._hold_slot(session)
+        self._live[session.id] = session
+        handle = self._expiry.pop(session.id, None)
+        if handle is not None:
+            handle.cancel()
+        attachment = session.attach(after, resumed)
+        if lost:
+            message = f"turn {lost} was lost: the replica running it stopped before it ended; send the text again"
+            session.outbox.put_control(ErrorOut(ErrorCode.UNAVAILABLE, message, True, 0, lost))
+            await session.persist()
+        return session, attachment
+
+    def detach(self, session: Session, attachment: Attachment) -> None:
+        """The stream is gone: the session waits `session.resume_window_s` for a resume, then ends."""
+        session.detach(attachment)
+        if session.attached:
+            return  # another stream took it over
+        window = self._runtime.config.session.resume_window_s
+        if session.closed or self._runtime.draining or window <= 0:
+            self._spawn(self.end(session))
+            return
+        log.info("stream dropped; session waits for a resume", resume_window_s=window)
+        self._expire_in(session, window)
+
+    async def end(self, session: Session) -> None:
+        """End the session here: interrupt its turn, free its slot and buffers, and forget it in the store.
+
+        A replica that is shutting down leaves the session in the store instead,
+        so the client can resume it on another replica.
+        """
+        if self._live.get(session.id) is session:
+            del self._live[session.id]
+            handle = self._expiry.pop(session.id, None)
+            if handle is not None:
+                handle.cancel()
+        if session._released:
+            return
+        session._released = True
+        try:
+            await session.close()
+            if self._runtime.draining and not session.superseded:
+                await session.seal()
+            else:
+                await session.forget()
+        finally:
+            session.replay.clear()
+            if session.holds_slot:
+                session.holds_slot = False
+                self._runtime.limits.close_session(session.key_id)
+
+    async def aclose(self) -> None:
+        """End every session without touching the store (the process is going away)."""
+        for handle in self._expiry.values():
+            handle.cancel()
+        self._expiry.clear()
+        for session in self.values():
+            await session.close()
+            if session.holds_slot:
+                session.holds_slot = False
+                self._runtime.limits.close_session(session.key_id)
+        self._live.clear()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)
+
+    async def _restore(self, session_id: str, key_id: str, after: int | None) -> tuple[Session, Resumed | None, str]:
+        """Take over a session this replica does not have, from the store; with the turn it lost, if any."""
+        store = self._runtime.store
+        unknown = AttachRefused(
+            "not_found",
+            f"config.session_id {session_id[:64]!r} is not a session this caller can attach to "
+            "(unknown, ended or expired)",
+        )
+        if len(session_id) > 128:
+            raise unknown
+        try:
+            state = await store.load(session_id)
+            if state is None or state.key_id != key_id:  # check the owner before claiming: claiming fences it
+                raise unknown
+            if state.sealed and after is not None and after > state.last_seq:
+                raise AttachRefused(
+                    "out_of_range",
+                    f"config.resume_after_seq {after} is ahead of the session's last event (seq {state.last_seq})",
+                )
+            state = await store.claim(session_id)
+        except StoreError as exc:
+            raise AttachRefused("unavailable", f"cannot look up config.session_id: {exc}; retry", 1.0) from None
+        if state is None:
+            raise unknown
+        session = Session.restore(self._runtime, state)
+        log.info("session restored from the store", session_id=session_id, epoch=state.epoch)
+        if state.last_seq == 0 and not after:
+            return session, None, state.running_turn_id
+        session.replay.last_seq = max(state.last_seq, after or 0)
+        lossless = state.sealed and after == state.last_seq
+        detail = (
+            ""
+            if lossless
+            else "the session was restored from the shared store after its replica stopped: events sent after "
+            "its last save cannot be replayed; its history, controls and persona are intact"
+        )
+        return session, Resumed(lossless, session.replay.last_seq, detail), state.running_turn_id
+
+    def _hold_slot(self, session: Session) -> None:
+        if session.holds_slot:
+            return
+        try:
+            self._runtime.limits.open_session(session.key_id)
+        except LimitExceeded as exc:
+            raise AttachRefused("resource_exhausted", str(exc), exc.retry_after_s) from None
+        session.holds_slot = True
+
+    def _expire_in(self, session: Session, delay_s: float) -> None:
+        old = self._expiry.pop(session.id, None)
+        if old is not None:
+            old.cancel()
+        self._expiry[session.id] = asyncio.get_running_loop().call_later(delay_s, self._expire, session)
+
+    def _expire(self, session: Session) -> None:
+        self._expiry.pop(session.id, None)
+        if not session.attached:
+            log.info("session expired", session_id=session.id)
+            self._spawn(self.end(session))
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -125,6 +125,40 @@ ERROR_CODE_INTERNAL: ErrorCode.ValueType  # 7
 """A bug in the server."""
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
+class _NoticeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NoticeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NoticeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTICE_KIND_UNSPECIFIED: _NoticeKind.ValueType  # 0
+    """Not set."""
+    NOTICE_KIND_SESSION_ENDING: _NoticeKind.ValueType  # 1
+    """The session reaches its maximum length (or its idle limit) in `ends_in_ms`; move
+    to a new session before then to lose nothing.
+    """
+    NOTICE_KIND_SERVER_SHUTTING_DOWN: _NoticeKind.ValueType  # 2
+    """The server is shutting down: the running turn may finish within `ends_in_ms`,
+    no new turn starts, and the call then ends with UNAVAILABLE; reconnect to
+    another replica.
+    """
+
+class NoticeKind(_NoticeKind, metaclass=_NoticeKindEnumTypeWrapper):
+    """Why the server sends a notice."""
+
+NOTICE_KIND_UNSPECIFIED: NoticeKind.ValueType  # 0
+"""Not set."""
+NOTICE_KIND_SESSION_ENDING: NoticeKind.ValueType  # 1
+"""The session reaches its maximum length (or its idle limit) in `ends_in_ms`; move
+to a new session before then to lose nothing.
+"""
+NOTICE_KIND_SERVER_SHUTTING_DOWN: NoticeKind.ValueType  # 2
+"""The server is shutting down: the running turn may finish within `ends_in_ms`,
+no new turn starts, and the call then ends with UNAVAILABLE; reconnect to
+another replica.
+"""
+Global___NoticeKind: _TypeAlias = NoticeKind  # noqa: Y015
+
 class _AdapterMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -187,13 +221,24 @@ class SessionConfig(_message.Message):
     PERSONA_ID_FIELD_NUMBER: _builtins.int
     DEFAULT_CONTROL_FIELD_NUMBER: _builtins.int
     RENDER_FIELD_NUMBER: _builtins.int
+    RESUME_AFTER_SEQ_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
-    """Optional. The id of a session made by `CreateSession` to attach to; empty
+    """Optional. The id of an existing session to attach to: one made by
+    `CreateSession`, or one whose stream dropped (see `resume_after_seq`). Empty
     starts a new session.
     """
     persona_id: _builtins.str
     """Optional. Persona id; empty means the server's default persona, or the
     attached session's persona.
+    """
+    resume_after_seq: _builtins.int
+    """Optional. With `session_id`: resume the session after a dropped stream. The
+    `seq` of the last event the client received (0 for none); every later
+    event the session still holds is replayed, with its original seq, before
+    new ones, and a stream still attached to the session is replaced. Absent
+    means nothing is replayed, and a session attached to another stream is
+    refused. `persona_id`, `default_control` and `render` are ignored when
+    attaching: the session keeps its own.
     """
     @_builtins.property
     def default_control(self) -> _controls_pb2.TurnControl:
@@ -210,12 +255,15 @@ class SessionConfig(_message.Message):
         persona_id: _builtins.str = ...,
         default_control: _controls_pb2.TurnControl | None = ...,
         render: _controls_pb2.RenderOptions | None = ...,
+        resume_after_seq: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["default_control", b"default_control", "render", b"render"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq", "default_control", b"default_control", "render", b"render", "resume_after_seq", b"resume_after_seq"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_control", b"default_control", "persona_id", b"persona_id", "render", b"render", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq", "default_control", b"default_control", "persona_id", b"persona_id", "render", b"render", "resume_after_seq", b"resume_after_seq", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__resume_after_seq: _TypeAlias = _typing.Literal["resume_after_seq"]  # noqa: Y015
+    _WhichOneofArgType__resume_after_seq: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__resume_after_seq) -> _WhichOneofReturnType__resume_after_seq | None: ...
 
 Global___SessionConfig: _TypeAlias = SessionConfig  # noqa: Y015
 
@@ -353,6 +401,7 @@ class SessionStarted(_message.Message):
     VIDEO_FIELD_NUMBER: _builtins.int
     PERSONA_ID_FIELD_NUMBER: _builtins.int
     PERSONA_NAME_FIELD_NUMBER: _builtins.int
+    RESUMED_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Required. The session's id; use it to attach again."""
     persona_id: _builtins.str
@@ -367,6 +416,12 @@ class SessionStarted(_message.Message):
     def video(self) -> _media_pb2.VideoFormat:
         """Required. The video format of every `video` event."""
 
+    @_builtins.property
+    def resumed(self) -> Global___SessionResumed:
+        """Optional. Set when this stream attached to a session that had already sent
+        events: how it picks the session up.
+        """
+
     def __init__(
         self,
         *,
@@ -375,14 +430,52 @@ class SessionStarted(_message.Message):
         video: _media_pb2.VideoFormat | None = ...,
         persona_id: _builtins.str = ...,
         persona_name: _builtins.str = ...,
+        resumed: Global___SessionResumed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "video", b"video"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "resumed", b"resumed", "video", b"video"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "persona_id", b"persona_id", "persona_name", b"persona_name", "session_id", b"session_id", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "persona_id", b"persona_id", "persona_name", b"persona_name", "resumed", b"resumed", "session_id", b"session_id", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionStarted: _TypeAlias = SessionStarted  # noqa: Y015
+
+@_typing.final
+class SessionResumed(_message.Message):
+    """How a stream that attached to a session under way picks it up."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOSSLESS_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    lossless: _builtins.bool
+    """Required. True when nothing is lost: every event after
+    `SessionConfig.resume_after_seq` follows now, with its original seq. False
+    when `resume_after_seq` was not set, or the session was restored from the
+    shared store after its replica stopped: events that replica sent cannot be
+    replayed, though the session's history, controls and persona are intact.
+    """
+    last_seq: _builtins.int
+    """Required. The seq of the session's last event before this stream attached;
+    replayed events run up to it, and new events continue after it.
+    """
+    detail: _builtins.str
+    """Optional. When `lossless` is false, why, in a sentence."""
+    def __init__(
+        self,
+        *,
+        lossless: _builtins.bool = ...,
+        last_seq: _builtins.int = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "last_seq", b"last_seq", "lossless", b"lossless"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionResumed: _TypeAlias = SessionResumed  # noqa: Y015
 
 @_typing.final
 class TextDelta(_message.Message):
@@ -715,6 +808,36 @@ class Error(_message.Message):
 Global___Error: _TypeAlias = Error  # noqa: Y015
 
 @_typing.final
+class SessionNotice(_message.Message):
+    """Advance warning of something that will happen to the session; not an error."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    ENDS_IN_MS_FIELD_NUMBER: _builtins.int
+    kind: Global___NoticeKind.ValueType
+    """Required. What is about to happen."""
+    message: _builtins.str
+    """Required. A readable explanation."""
+    ends_in_ms: _builtins.int
+    """Required. Milliseconds until it happens."""
+    def __init__(
+        self,
+        *,
+        kind: Global___NoticeKind.ValueType = ...,
+        message: _builtins.str = ...,
+        ends_in_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ends_in_ms", b"ends_in_ms", "kind", b"kind", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionNotice: _TypeAlias = SessionNotice  # noqa: Y015
+
+@_typing.final
 class ConverseResponse(_message.Message):
     """A server message on the `Converse` stream."""
 
@@ -730,15 +853,19 @@ class ConverseResponse(_message.Message):
     TURN_COMPLETE_FIELD_NUMBER: _builtins.int
     TURN_INTERRUPTED_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    NOTICE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Required. The session this event belongs to."""
     turn_id: _builtins.str
     """Optional. The turn this event belongs to; empty for session-level events."""
     seq: _builtins.int
-    """Required. Position of this event in the session's stream, counting from 1."""
+    """Required. Position of this event in the session's sequence, counting from 1
+    and continuing across resumes; 0 only for the `started` of a stream that
+    attached to a session already under way.
+    """
     @_builtins.property
     def started(self) -> Global___SessionStarted:
-        """Always the first event."""
+        """Always the first event of a stream."""
 
     @_builtins.property
     def text_delta(self) -> Global___TextDelta:
@@ -764,6 +891,10 @@ class ConverseResponse(_message.Message):
     def error(self) -> Global___Error:
         """A problem; terminal for its turn when `turn_id` is set."""
 
+    @_builtins.property
+    def notice(self) -> Global___SessionNotice:
+        """Advance warning: the session or the server is about to end it."""
+
     def __init__(
         self,
         *,
@@ -777,12 +908,13 @@ class ConverseResponse(_message.Message):
         turn_complete: Global___TurnComplete | None = ...,
         turn_interrupted: Global___TurnInterrupted | None = ...,
         error: Global___Error | None = ...,
+        notice: Global___SessionNotice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "event", b"event", "started", b"started", "text_delta", b"text_delta", "turn_complete", b"turn_complete", "turn_interrupted", b"turn_interrupted", "video", b"video"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "event", b"event", "notice", b"notice", "started", b"started", "text_delta", b"text_delta", "turn_complete", b"turn_complete", "turn_interrupted", b"turn_interrupted", "video", b"video"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "event", b"event", "seq", b"seq", "session_id", b"session_id", "started", b"started", "text_delta", b"text_delta", "turn_complete", b"turn_complete", "turn_id", b"turn_id", "turn_interrupted", b"turn_interrupted", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "event", b"event", "notice", b"notice", "seq", b"seq", "session_id", b"session_id", "started", b"started", "text_delta", b"text_delta", "turn_complete", b"turn_complete", "turn_id", b"turn_id", "turn_interrupted", b"turn_interrupted", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "text_delta", "audio", "video", "turn_complete", "turn_interrupted", "error"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "text_delta", "audio", "video", "turn_complete", "turn_interrupted", "error", "notice"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

@@ -41,12 +41,42 @@ class ConversationServiceStub:
     second config) comes back as an `error` event with an empty `turn_id`; the
     session stays open.
     8. Clean close: when the client half-closes, the server finishes the running
-    turn, sends its terminal event, and ends the call with OK. Error close: a
-    fatal problem ends the call with a gRPC status (INVALID_ARGUMENT,
-    UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE ...) and a readable message.
+    turn, sends its terminal event, and ends the call with OK; the session is
+    over. Error close: a fatal problem ends the call with a gRPC status
+    (INVALID_ARGUMENT, UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE ...) and
+    a readable message.
+    9. Dropped stream: when the call breaks without a half-close (the client
+    cancels it, or the connection is lost), the session is not over. Its
+    running turn goes on until the unsent events fill the session's queue
+    (then text and audio wait and video frames are dropped), and the session
+    waits `session.resume_window_s` (30 s by default) for a resume. Nobody
+    resuming in time ends it: the turn is interrupted and everything freed.
+    10. Resume: a new `Converse` whose config sets `session_id` and
+    `resume_after_seq` (the last `seq` the client received) reattaches. The
+    server answers with `started` (seq 0, `resumed` set), then replays every
+    event with a larger seq, with its original seq and nothing twice, then
+    goes on with new events. Requests the client sent that never arrived are
+    not replayed: send them again. When the events after `resume_after_seq`
+    are no longer all held (a session keeps its last 2048 events, at most
+    4 MiB: `session.replay_events`, `session.replay_bytes`) the call ends with
+    OUT_OF_RANGE, saying how many are gone; attaching with `session_id` alone
+    goes on without them. One stream is attached at a time: a resume takes the
+    session over, and the stream it replaces ends with ABORTED. A session that
+    another API key made, or that has ended, is NOT_FOUND.
+    11. Several replicas: with a shared session store (`store.kind: redis`) a
+    session continues on any replica. A replica that did not run the session
+    restores it from the store, with its history, controls and persona; it
+    cannot replay events the old replica sent, so `resumed.lossless` is false
+    unless that replica shut down cleanly and the client had received all of
+    them. A turn the old replica was running when it stopped ends on the new
+    stream with an `error` (UNAVAILABLE, retryable) carrying its `turn_id`.
 
     Every response carries `session_id`, the `turn_id` it belongs to (empty for
-    session-level events) and `seq`, which counts the session's responses from 1.
+    session-level events) and `seq`, the event's place in the session's sequence.
+    The sequence belongs to the session, not to a stream: it counts from 1 (the
+    first stream's `started`) and goes on across resumes without gaps. The
+    `started` of a resumed stream has seq 0: it is outside the sequence, so a
+    replayed event keeps its original seq and nothing is numbered twice.
 
     ## A worked example
 
@@ -61,6 +91,17 @@ class ConversationServiceStub:
     <- seq 90 turn t-1 turn_complete {metrics {time_to_first_audio_ms: 31}}
     -> (half-close)
     <- (status OK)
+
+    A dropped connection, resumed:
+
+    <- seq 41 turn t-2 audio {timestamp_ms: 1200}
+    (the connection drops; seq 42 and 43 were sent but never arrived)
+    -> config {session_id: "s-1", resume_after_seq: 41}   (a new call)
+    <- seq 0 started {session_id: "s-1", resumed {lossless: true, last_seq: 43}}
+    <- seq 42 turn t-2 video {frame_index: 30}
+    <- seq 43 turn t-2 audio {timestamp_ms: 1240}
+    <- seq 44 turn t-2 audio {timestamp_ms: 1280}
+    <- ...
     """
 
     def __init__(self, channel):
@@ -125,12 +166,42 @@ class ConversationServiceServicer:
     second config) comes back as an `error` event with an empty `turn_id`; the
     session stays open.
     8. Clean close: when the client half-closes, the server finishes the running
-    turn, sends its terminal event, and ends the call with OK. Error close: a
-    fatal problem ends the call with a gRPC status (INVALID_ARGUMENT,
-    UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE ...) and a readable message.
+    turn, sends its terminal event, and ends the call with OK; the session is
+    over. Error close: a fatal problem ends the call with a gRPC status
+    (INVALID_ARGUMENT, UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE ...) and
+    a readable message.
+    9. Dropped stream: when the call breaks without a half-close (the client
+    cancels it, or the connection is lost), the session is not over. Its
+    running turn goes on until the unsent events fill the session's queue
+    (then text and audio wait and video frames are dropped), and the session
+    waits `session.resume_window_s` (30 s by default) for a resume. Nobody
+    resuming in time ends it: the turn is interrupted and everything freed.
+    10. Resume: a new `Converse` whose config sets `session_id` and
+    `resume_after_seq` (the last `seq` the client received) reattaches. The
+    server answers with `started` (seq 0, `resumed` set), then replays every
+    event with a larger seq, with its original seq and nothing twice, then
+    goes on with new events. Requests the client sent that never arrived are
+    not replayed: send them again. When the events after `resume_after_seq`
+    are no longer all held (a session keeps its last 2048 events, at most
+    4 MiB: `session.replay_events`, `session.replay_bytes`) the call ends with
+    OUT_OF_RANGE, saying how many are gone; attaching with `session_id` alone
+    goes on without them. One stream is attached at a time: a resume takes the
+    session over, and the stream it replaces ends with ABORTED. A session that
+    another API key made, or that has ended, is NOT_FOUND.
+    11. Several replicas: with a shared session store (`store.kind: redis`) a
+    session continues on any replica. A replica that did not run the session
+    restores it from the store, with its history, controls and persona; it
+    cannot replay events the old replica sent, so `resumed.lossless` is false
+    unless that replica shut down cleanly and the client had received all of
+    them. A turn the old replica was running when it stopped ends on the new
+    stream with an `error` (UNAVAILABLE, retryable) carrying its `turn_id`.
 
     Every response carries `session_id`, the `turn_id` it belongs to (empty for
-    session-level events) and `seq`, which counts the session's responses from 1.
+    session-level events) and `seq`, the event's place in the session's sequence.
+    The sequence belongs to the session, not to a stream: it counts from 1 (the
+    first stream's `started`) and goes on across resumes without gaps. The
+    `started` of a resumed stream has seq 0: it is outside the sequence, so a
+    replayed event keeps its original seq and nothing is numbered twice.
 
     ## A worked example
 
@@ -145,6 +216,17 @@ class ConversationServiceServicer:
     <- seq 90 turn t-1 turn_complete {metrics {time_to_first_audio_ms: 31}}
     -> (half-close)
     <- (status OK)
+
+    A dropped connection, resumed:
+
+    <- seq 41 turn t-2 audio {timestamp_ms: 1200}
+    (the connection drops; seq 42 and 43 were sent but never arrived)
+    -> config {session_id: "s-1", resume_after_seq: 41}   (a new call)
+    <- seq 0 started {session_id: "s-1", resumed {lossless: true, last_seq: 43}}
+    <- seq 42 turn t-2 video {frame_index: 30}
+    <- seq 43 turn t-2 audio {timestamp_ms: 1240}
+    <- seq 44 turn t-2 audio {timestamp_ms: 1280}
+    <- ...
     """
 
     def Converse(self, request_iterator, context):
@@ -241,12 +323,42 @@ class ConversationService:
     second config) comes back as an `error` event with an empty `turn_id`; the
     session stays open.
     8. Clean close: when the client half-closes, the server finishes the running
-    turn, sends its terminal event, and ends the call with OK. Error close: a
-    fatal problem ends the call with a gRPC status (INVALID_ARGUMENT,
-    UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE ...) and a readable message.
+    turn, sends its terminal event, and ends the call with OK; the session is
+    over. Error close: a fatal problem ends the call with a gRPC status
+    (INVALID_ARGUMENT, UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE ...) and
+    a readable message.
+    9. Dropped stream: when the call breaks without a half-close (the client
+    cancels it, or the connection is lost), the session is not over. Its
+    running turn goes on until the unsent events fill the session's queue
+    (then text and audio wait and video frames are dropped), and the session
+    waits `session.resume_window_s` (30 s by default) for a resume. Nobody
+    resuming in time ends it: the turn is interrupted and everything freed.
+    10. Resume: a new `Converse` whose config sets `session_id` and
+    `resume_after_seq` (the last `seq` the client received) reattaches. The
+    server answers with `started` (seq 0, `resumed` set), then replays every
+    event with a larger seq, with its original seq and nothing twice, then
+    goes on with new events. Requests the client sent that never arrived are
+    not replayed: send them again. When the events after `resume_after_seq`
+    are no longer all held (a session keeps its last 2048 events, at most
+    4 MiB: `session.replay_events`, `session.replay_bytes`) the call ends with
+    OUT_OF_RANGE, saying how many are gone; attaching with `session_id` alone
+    goes on without them. One stream is attached at a time: a resume takes the
+    session over, and the stream it replaces ends with ABORTED. A session that
+    another API key made, or that has ended, is NOT_FOUND.
+    11. Several replicas: with a shared session store (`store.kind: redis`) a
+    session continues on any replica. A replica that did not run the session
+    restores it from the store, with its history, controls and persona; it
+    cannot replay events the old replica sent, so `resumed.lossless` is false
+    unless that replica shut down cleanly and the client had received all of
+    them. A turn the old replica was running when it stopped ends on the new
+    stream with an `error` (UNAVAILABLE, retryable) carrying its `turn_id`.
 
     Every response carries `session_id`, the `turn_id` it belongs to (empty for
-    session-level events) and `seq`, which counts the session's responses from 1.
+    session-level events) and `seq`, the event's place in the session's sequence.
+    The sequence belongs to the session, not to a stream: it counts from 1 (the
+    first stream's `started`) and goes on across resumes without gaps. The
+    `started` of a resumed stream has seq 0: it is outside the sequence, so a
+    replayed event keeps its original seq and nothing is numbered twice.
 
     ## A worked example
 
@@ -261,6 +373,17 @@ class ConversationService:
     <- seq 90 turn t-1 turn_complete {metrics {time_to_first_audio_ms: 31}}
     -> (half-close)
     <- (status OK)
+
+    A dropped connection, resumed:
+
+    <- seq 41 turn t-2 audio {timestamp_ms: 1200}
+    (the connection drops; seq 42 and 43 were sent but never arrived)
+    -> config {session_id: "s-1", resume_after_seq: 41}   (a new call)
+    <- seq 0 started {session_id: "s-1", resumed {lossless: true, last_seq: 43}}
+    <- seq 42 turn t-2 video {frame_index: 30}
+    <- seq 43 turn t-2 audio {timestamp_ms: 1240}
+    <- seq 44 turn t-2 audio {timestamp_ms: 1280}
+    <- ...
     """
 
     @staticmethod
