@@ -109,6 +109,8 @@ async def serve(config: Config, listen: str | None = None) -> RunningServer:
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.keepalive_permit_without_calls", 1),
+            # Clients may ping every 10 s to keep idle streams through proxies alive.
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ],
     )
     handlers = tolerant_handlers(pb_grpc.add_ConversationServiceServicer_to_server, ConversationServicer(runtime))
