@@ -108,7 +108,7 @@ class RemoteAvatar(AvatarAdapter):
         try:
             described = await self._describe()
         except ProviderError as exc:
-            return HealthStatus(False, f"worker {self.target}: {exc}")
+            return HealthStatus(False, f"{exc.category.value}: {exc.args[0]}")
         return HealthStatus(True, f"worker {self.target} runs {described.adapter}")
 
     def capabilities(self) -> Capabilities:
