@@ -45,7 +45,7 @@ from tth_server.events import AppliedControl, ControlReport, DowngradedControl, 
 from tth_server.logs import log
 from tth_server.media import AudioChunk, MarkKind, RenderSettings, SpeechMark, VideoFrame
 from tth_server.personas import Persona
-from tth_server.prompt import _HINT_RULE, system_prompt
+from tth_server.prompt import system_prompt
 from tth_server.router import begin_turn
 from tth_server.segmenter import Hint, HintParser, Segment, Segmenter
 
@@ -335,9 +335,8 @@ class TurnPipeline:
     async def _run_realtime(self, run: TurnRun, sink: TurnSink, report: _Report, realtime: RealtimeAdapter) -> None:
         request = run.request
         controls = self.controls_for(request, None)
-        prompt, prompt_applied = system_prompt(request.persona, controls)
         # The provider speaks every word it writes, so inline emotion tags must not be asked for.
-        prompt = prompt.replace(_HINT_RULE, "").strip()
+        prompt, prompt_applied = system_prompt(request.persona, controls, hints=False)
         mapping = realtime.map_controls(controls)
         report.add(Stage.REALTIME, ControlMapping(controls, applied=prompt_applied))
         report.add(Stage.REALTIME, mapping)

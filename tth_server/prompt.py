@@ -21,8 +21,12 @@ def _degree(intensity: float) -> str:
     return "slightly" if intensity < 0.34 else "clearly" if intensity < 0.67 else "strongly"
 
 
-def system_prompt(persona: Persona, controls: Controls) -> tuple[str, tuple[Applied, ...]]:
-    """The system prompt for a turn, and the controls it expresses."""
+def system_prompt(persona: Persona, controls: Controls, *, hints: bool = True) -> tuple[str, tuple[Applied, ...]]:
+    """The system prompt for a turn, and the controls it expresses.
+
+    `hints=False` leaves out the inline emotion tags, for a model that speaks its
+    own text (a realtime provider would read the tags aloud).
+    """
     parts = [f"You are {persona.name}, speaking aloud as a talking face in a live conversation."]
     if persona.style:
         parts.append(persona.style)
@@ -45,5 +49,6 @@ def system_prompt(persona: Persona, controls: Controls) -> tuple[str, tuple[Appl
         parts.append("Keep an even, understated tone.")
         applied.append(Applied("character.expressivity", "understated wording"))
     parts.append("Reply in plain spoken sentences, no lists or markdown, usually two to four sentences.")
-    parts.append(_HINT_RULE)
+    if hints:
+        parts.append(_HINT_RULE)
     return " ".join(parts), tuple(applied)
