@@ -78,7 +78,8 @@ class Conversation:
         await self.call.done_writing()
         while (event := await self.call.read()) is not grpc.aio.EOF:
             self.events.append(event)
-        return await self.call.code()
+        code: grpc.StatusCode = await self.call.code()
+        return code
 
 
 def arms(events: list[pb.ConverseResponse]) -> list[str]:

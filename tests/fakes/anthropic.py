@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.fakes.http import FakeHTTPServer, Faults, Request, Responder, hang_forever
+from tests.fakes.http import FakeHTTPServer, FakeProvider, Faults, Request, Responder, hang_forever
 
 KEY = "sk-ant-test-0123456789FAKE"
 
@@ -34,7 +34,7 @@ def _error(status: int, message: str) -> dict[str, Any]:
 
 
 @dataclass
-class FakeAnthropic:
+class FakeAnthropic(FakeProvider):
     key: str = KEY
     reply: str = "Hi! I am Claude, speaking through a fake. Nice to meet you."
     split: int = 0
@@ -42,19 +42,6 @@ class FakeAnthropic:
     calls: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
     server: FakeHTTPServer | None = None
-
-    async def start(self) -> FakeAnthropic:
-        self.server = await FakeHTTPServer(self._handle, split=self.split).start()
-        return self
-
-    async def aclose(self) -> None:
-        if self.server is not None:
-            await self.server.aclose()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return self.server.url
 
     async def _handle(self, request: Request, r: Responder) -> None:
         if request.path != "/v1/messages" or request.method != "POST":

@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.fakes.http import FakeHTTPServer, Faults, Request, Responder, hang_forever
+from tests.fakes.http import FakeHTTPServer, FakeProvider, Faults, Request, Responder, hang_forever
 
 KEY = "sk_test0123456789fakeelevenlabskey"
 _STATUS = {401: "invalid_api_key", 429: "too_many_concurrent_requests", 500: "internal_error", 400: "invalid_request"}
@@ -25,7 +25,7 @@ def _error(status: int, message: str) -> dict[str, Any]:
 
 
 @dataclass
-class FakeElevenLabs:
+class FakeElevenLabs(FakeProvider):
     key: str = KEY
     split: int = 0
     piece: int = 3001  # odd: pieces split samples
@@ -35,19 +35,6 @@ class FakeElevenLabs:
     queries: list[dict[str, str]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     server: FakeHTTPServer | None = None
-
-    async def start(self) -> FakeElevenLabs:
-        self.server = await FakeHTTPServer(self._handle, split=self.split).start()
-        return self
-
-    async def aclose(self) -> None:
-        if self.server is not None:
-            await self.server.aclose()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return self.server.url
 
     async def _handle(self, request: Request, r: Responder) -> None:
         parts = request.path.strip("/").split("/")

@@ -15,7 +15,7 @@ import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
 _REASONS = {
@@ -179,3 +179,26 @@ async def _read_request(reader: asyncio.StreamReader) -> Request | None:
 
 async def hang_forever() -> None:
     await asyncio.Event().wait()
+
+
+class FakeProvider:
+    """Base of the HTTP provider fakes: serves `_handle` on a FakeHTTPServer, with `split` pieces."""
+
+    split: int
+    server: FakeHTTPServer | None
+
+    async def start(self) -> Self:
+        self.server = await FakeHTTPServer(self._handle, split=self.split).start()
+        return self
+
+    async def aclose(self) -> None:
+        if self.server is not None:
+            await self.server.aclose()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return self.server.url
+
+    async def _handle(self, request: Request, r: Responder) -> None:
+        raise NotImplementedError

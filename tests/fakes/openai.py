@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.fakes.http import FakeHTTPServer, Faults, Request, Responder, hang_forever
+from tests.fakes.http import FakeHTTPServer, FakeProvider, Faults, Request, Responder, hang_forever
 
 KEY = "sk-test-0123456789abcdefFAKE"
 VOICES = {"alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse"}
@@ -44,7 +44,7 @@ def _error(status: int, message: str) -> dict[str, Any]:
 
 
 @dataclass
-class FakeOpenAI:
+class FakeOpenAI(FakeProvider):
     key: str = KEY
     reply: str = "Hello there! It is lovely to hear from you. How can I help today?"
     split: int = 0
@@ -60,18 +60,10 @@ class FakeOpenAI:
     speech_bodies: list[dict[str, Any]] = field(default_factory=list)
     server: FakeHTTPServer | None = None
 
-    async def start(self) -> FakeOpenAI:
-        self.server = await FakeHTTPServer(self._handle, split=self.split).start()
-        return self
-
-    async def aclose(self) -> None:
-        if self.server is not None:
-            await self.server.aclose()
-
     @property
     def url(self) -> str:
-        assert self.server is not None
-        return f"{self.server.url}/v1"
+        """OpenAI's base URLs end in /v1."""
+        return f"{super().url}/v1"
 
     async def _handle(self, request: Request, r: Responder) -> None:
         given = request.headers.get("authorization", "")
