@@ -103,6 +103,8 @@ class Client:
         session_id: str | None = None,
         open_timeout_s: float = 10.0,
         max_buffered_events: int = 10_000,
+        reconnect: bool = True,
+        reconnect_timeout_s: float = 30.0,
     ) -> Session:
         """A `Session` on this client's channel and credentials; the arguments are `Session`'s."""
         return Session(
@@ -115,6 +117,8 @@ class Client:
             session_id=session_id,
             open_timeout_s=open_timeout_s,
             max_buffered_events=max_buffered_events,
+            reconnect=reconnect,
+            reconnect_timeout_s=reconnect_timeout_s,
         )
 
     async def _unary(self, method: Any, request: Any) -> Any:

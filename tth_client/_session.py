@@ -30,7 +30,15 @@ import grpc
 from tth_client._channel import ChannelOptions, Connection
 from tth_client._controls import Controls, turn_control
 from tth_client._events import ErrorEvent, Event, StartedEvent, event_from_response, is_terminal
-from tth_client._exceptions import ClosedError, StatusError, TimeoutError, TTHError, from_rpc_error, status_error
+from tth_client._exceptions import (
+    ClosedError,
+    ConnectError,
+    StatusError,
+    TimeoutError,
+    TTHError,
+    from_rpc_error,
+    status_error,
+)
 from tth_client._turn import Turn
 from tth_client.v1 import controls_pb2 as cpb
 from tth_client.v1 import conversation_pb2 as pb
@@ -59,6 +67,12 @@ class Session:
       Iterate from one task only.
     - Cancelling a task that awaits or iterates a turn or the session is safe and
       loses nothing; the stream keeps being read.
+    - A dropped connection (or a server going away with UNAVAILABLE) is resumed by
+      itself: the session reattaches with the last `seq` it received, the server
+      replays what was missed, and nothing is delivered twice (events are keyed by
+      seq). Turns keep going across the gap. A request written while the connection
+      was down fails with `ConnectError`; send it again. `reconnect=False` turns
+      this off; `resumes` counts the reattachments.
     - `close()` (and leaving the `async with` block normally) half-closes: the
       server finishes the running turn and every event of it is still delivered.
       `abort()` (and leaving the block by an exception) cancels the call at once:
@@ -82,6 +96,8 @@ class Session:
         session_id: str | None = None,
         open_timeout_s: float = 10.0,
         max_buffered_events: int = 10_000,
+        reconnect: bool = True,
+        reconnect_timeout_s: float = 30.0,
     ) -> None:
         """Describe the session; nothing is sent until it is opened.
 
@@ -100,6 +116,9 @@ class Session:
             session_id: Attach to a session made by `Client.create_session()`.
             open_timeout_s: How long to wait for `started` when opening.
             max_buffered_events: Unread events `async for event in session` keeps.
+            reconnect: Resume the session by itself when its connection drops.
+            reconnect_timeout_s: How long to keep trying to resume (the server keeps a
+                dropped session for `session.resume_window_s`, 30 s by default).
         """
         self._connection = Connection.resolve(
             target,
@@ -118,6 +137,11 @@ class Session:
             render=render,
         )
         self._open_timeout_s = open_timeout_s
+        self._reconnect = reconnect
+        self._reconnect_timeout_s = reconnect_timeout_s
+        self._last_seq = 0
+        self.resumes = 0
+        """How many times the session resumed after its connection dropped."""
         self._channel: grpc.aio.Channel | None = None
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
@@ -172,39 +196,72 @@ class Session:
         if self._call is not None:
             raise ClosedError("the session was already opened; make a new Session to open another stream")
         self._channel = self._given_channel or self._connection.open_channel()
-        stub = pb_grpc.ConversationServiceStub(self._channel)
-        self._call = stub.Converse(metadata=self._connection.metadata())
         try:
-            async with asyncio.timeout(self._open_timeout_s):
-                await self._call.write(pb.ConverseRequest(config=self._config))
-                first = await self._call.read()
-                if first is grpc.aio.EOF:
-                    raise StatusError(
-                        f"{self.target} ended the stream before `started` ({await self._call.code()})",
-                        hint="check the server's logs",
-                    )
-        except grpc.RpcError as exc:
-            await self._abandon()
-            raise from_rpc_error(exc, self.target) from None
-        except builtins.TimeoutError:
-            await self._abandon()
-            raise TimeoutError(
-                f"no `started` from {self.target} within {self._open_timeout_s:g} s",
-                hint="check that the target is a TTH server and not overloaded, or raise open_timeout_s",
-            ) from None
+            self._call, event = await self._connect(self._config)
         except BaseException:
-            await self._abandon()
+            self._ended = ClosedError("the session never opened")
+            await self._release()
             raise
-        event = event_from_response(first)
-        if not isinstance(event, StartedEvent):
-            await self._abandon()
-            raise StatusError(f"{self.target} sent {type(event).__name__} before `started`; is it a TTH server?")
         self.session_id, self.started = event.session_id, event.started
+        self._last_seq = event.seq
         self._stream.append(event)
         loop = asyncio.get_running_loop()
         self._reader = loop.create_task(self._read(), name=f"tth session {self.session_id} reader")
         self._writer = loop.create_task(self._write(), name=f"tth session {self.session_id} writer")
         return self
+
+    async def _connect(self, config: pb.SessionConfig) -> tuple[Any, StartedEvent]:
+        """Start a Converse call with `config` and read its `started`; the call is cancelled on failure."""
+        assert self._channel is not None
+        call = pb_grpc.ConversationServiceStub(self._channel).Converse(metadata=self._connection.metadata())
+        try:
+            async with asyncio.timeout(self._open_timeout_s):
+                await call.write(pb.ConverseRequest(config=config))
+                first = await call.read()
+                if first is grpc.aio.EOF:
+                    raise StatusError(
+                        f"{self.target} ended the stream before `started` ({await call.code()})",
+                        hint="check the server's logs",
+                    )
+        except grpc.RpcError as exc:
+            call.cancel()
+            raise from_rpc_error(exc, self.target) from None
+        except builtins.TimeoutError:
+            call.cancel()
+            raise TimeoutError(
+                f"no `started` from {self.target} within {self._open_timeout_s:g} s",
+                hint="check that the target is a TTH server and not overloaded, or raise open_timeout_s",
+            ) from None
+        except BaseException:
+            call.cancel()
+            raise
+        event = event_from_response(first)
+        if not isinstance(event, StartedEvent):
+            call.cancel()
+            raise StatusError(f"{self.target} sent {type(event).__name__} before `started`; is it a TTH server?")
+        return call, event
+
+    async def _resume(self) -> bool:
+        """Reattach after a dropped stream; False when the session cannot be resumed in time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._reconnect_timeout_s
+        delay = 0.05
+        config = pb.SessionConfig(session_id=self.session_id, resume_after_seq=self._last_seq)
+        while loop.time() < deadline and not self._closing:
+            try:
+                self._call, event = await self._connect(config)
+            except (ConnectError, TimeoutError):
+                pass  # the server is still out of reach
+            except StatusError as exc:
+                if exc.code is not grpc.StatusCode.UNAVAILABLE:
+                    return False  # gone for good: unknown, expired, or its events no longer held
+            else:
+                self.resumes += 1
+                self._publish(event)
+                return True
+            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+            delay = min(delay * 2, 1.0)
+        return False
 
     async def close(self, timeout_s: float | None = 30.0) -> None:
         """Half-close and wait for the server to end the call.
@@ -248,12 +305,6 @@ class Session:
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
             await asyncio.wait([self._writer])
-        await self._release()
-
-    async def _abandon(self) -> None:
-        """Give up a stream that never opened."""
-        self._call.cancel()
-        self._ended = ClosedError("the session never opened")
         await self._release()
 
     async def _release(self) -> None:
@@ -365,21 +416,30 @@ class Session:
                     self._stream_waiters.remove(waiter)
 
     async def _read(self) -> None:
-        try:
-            while (response := await self._call.read()) is not grpc.aio.EOF:
-                self._dispatch(response)
-            code = await self._call.code()
-            if code is not grpc.StatusCode.OK:
-                self._end(status_error(code, await self._call.details(), self.target), broken=True)
-            else:
-                self._end(ClosedError("the server ended the session before the turn's terminal event"))
-        except grpc.RpcError as exc:
-            self._end(from_rpc_error(exc, self.target), broken=True)
-        except asyncio.CancelledError:
-            self._end(ClosedError("the session was aborted before the turn ended; its remaining events are lost"))
-            raise
+        while True:
+            try:
+                while (response := await self._call.read()) is not grpc.aio.EOF:
+                    self._dispatch(response)
+                code = await self._call.code()
+                if code is grpc.StatusCode.OK:
+                    self._end(ClosedError("the server ended the session before the turn's terminal event"))
+                    return
+                error: TTHError = status_error(code, await self._call.details(), self.target)
+            except grpc.RpcError as exc:
+                code, error = exc.code(), from_rpc_error(exc, self.target)
+            except asyncio.CancelledError:
+                self._end(ClosedError("the session was aborted before the turn ended; its remaining events are lost"))
+                raise
+            resumable = code is grpc.StatusCode.UNAVAILABLE and self._reconnect and not self._closing
+            if not (resumable and await self._resume()):
+                self._end(error, broken=True)
+                return
 
     def _dispatch(self, response: pb.ConverseResponse) -> None:
+        if response.seq:
+            if response.seq <= self._last_seq:
+                return  # already delivered before a resume
+            self._last_seq = response.seq
         event = event_from_response(response)
         if event is None:  # an event kind newer than this SDK
             return

@@ -121,6 +121,8 @@ class SyncSession:
         session_id: str | None = None,
         open_timeout_s: float = 10.0,
         max_buffered_events: int = 10_000,
+        reconnect: bool = True,
+        reconnect_timeout_s: float = 30.0,
     ) -> None:
         self._loop: _Loop | None = None
         self._owns_loop = True
@@ -141,6 +143,8 @@ class SyncSession:
                 session_id=session_id,
                 open_timeout_s=open_timeout_s,
                 max_buffered_events=max_buffered_events,
+                reconnect=reconnect,
+                reconnect_timeout_s=reconnect_timeout_s,
             )
 
         self._factory: Callable[[], Session] = factory
@@ -343,6 +347,8 @@ class SyncClient:
         session_id: str | None = None,
         open_timeout_s: float = 10.0,
         max_buffered_events: int = 10_000,
+        reconnect: bool = True,
+        reconnect_timeout_s: float = 30.0,
     ) -> SyncSession:
         """A `SyncSession` on this client's channel (see `Client.session`); open it with `with`."""
 
@@ -354,6 +360,8 @@ class SyncClient:
                 session_id=session_id,
                 open_timeout_s=open_timeout_s,
                 max_buffered_events=max_buffered_events,
+                reconnect=reconnect,
+                reconnect_timeout_s=reconnect_timeout_s,
             )
 
         return SyncSession._on(self._loop, factory)

@@ -135,6 +135,14 @@ class LimitSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """Prometheus metrics over HTTP at `/metrics` (see tth_server.metrics); port 0 serves none."""
+
+    port: int = 0  # 9464 is the usual choice; with several workers, worker i uses port + i
+    host: str = "127.0.0.1"  # 0.0.0.0 to let a scraper on another host in
+
+
+@dataclass(frozen=True, slots=True)
 class StoreSettings:
     """Where session state lives between streams: this process (memory) or Redis, shared by replicas."""
 
@@ -171,6 +179,7 @@ class Config:
     tls: TLSSettings = TLSSettings()
     limits: LimitSettings = LimitSettings()
     store: StoreSettings = StoreSettings()
+    metrics: MetricsSettings = MetricsSettings()
     api_keys: tuple[str, ...] = ()  # from TTH_API_KEYS only, never from YAML
 
 
@@ -289,6 +298,7 @@ def load_config(
 def _build(profile: str, config_dir: Path, data: dict[str, Any]) -> Config:
     allowed = {"server", "session", "render", "segmenter", "log", "components", "personas_file", "router"}
     allowed |= {"auth", "tls", "limits", "store"}
+    allowed |= {"metrics"}
     unknown = set(data) - allowed
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]} is not a setting; allowed: {sorted(allowed)}")
@@ -331,6 +341,7 @@ def _build(profile: str, config_dir: Path, data: dict[str, Any]) -> Config:
         limits=_limits(_section(LimitSettings, data.get("limits"), "limits")),
         session=_session(_section(SessionSettings, data.get("session"), "session")),
         store=_store(_section(StoreSettings, data.get("store"), "store")),
+        metrics=_section(MetricsSettings, data.get("metrics"), "metrics"),
     )
 
 

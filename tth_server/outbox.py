@@ -40,6 +40,7 @@ class Outbox:
             self._writable.clear()
             await self._writable.wait()
         self._append(event)
+        await asyncio.sleep(0)
 
     def offer_video(self, event: VideoOut) -> bool:
         """Queue a frame, or drop and count it when the queue is full."""

@@ -39,6 +39,7 @@ from adapters.base import (
     TTSAdapter,
 )
 from adapters.errors import ProviderError
+from tth_server import metrics
 from tth_server.controls import ControlPatch, Controls, resolve
 from tth_server.drift import DriftController
 from tth_server.events import AppliedControl, ControlReport, DowngradedControl, StageTiming, TurnMetrics
@@ -253,9 +254,9 @@ class TurnPipeline:
         audio: asyncio.Queue[AvatarInput | None] = asyncio.Queue(maxsize=8)
         llm_request = LLMRequest(prompt, request.user_text, request.history, controls)
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._write(run, llm, llm_request, sink, segments))
-            tasks.create_task(self._speak(run, tts, report, sink, segments, audio))
-            tasks.create_task(self._animate(run, sink, audio))
+            tasks.create_task(metrics.stage("tts", self._speak(run, tts, report, sink, segments, audio)))
+            tasks.create_task(metrics.stage("avatar", self._animate(run, sink, audio)))
+            tasks.create_task(metrics.stage("llm", self._write(run, llm, llm_request, sink, segments)))
 
     async def _write(
         self,
@@ -297,6 +298,8 @@ class TurnPipeline:
         await sink.text(item)
         for segment in segmenter.feed(item):
             await out.put(segment)
+            # Let the speech task start on it now, even when the LLM has more text ready.
+            await asyncio.sleep(0)
 
     async def _speak(
         self,
@@ -353,9 +356,12 @@ class TurnPipeline:
             try:
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(
-                        self._converse(run, realtime.name, conversation, llm_request, mapping, face, sink, audio)
+                        metrics.stage(
+                            "realtime",
+                            self._converse(run, realtime.name, conversation, llm_request, mapping, face, sink, audio),
+                        )
                     )
-                    tasks.create_task(self._animate(run, sink, audio))
+                    tasks.create_task(metrics.stage("avatar", self._animate(run, sink, audio)))
             except asyncio.CancelledError:
                 await self._truncate(conversation, run)
                 raise

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from adapters.base import Adapter, AvatarAdapter, LLMAdapter, RealtimeAdapter, TTSAdapter
-from tth_server import router
+from tth_server import metrics, router, tracing
 from tth_server.auth import ANONYMOUS, KeyStore
 from tth_server.config import Config, ConfigError
 from tth_server.controls import ControlError, ControlPatch
@@ -152,11 +152,13 @@ class Runtime:
 
         async def produce() -> None:
             try:
-                await self.pipeline.run(run, sink)
+                await tracing.turn(run, "", self.pipeline.run(run, sink))
             except Exception as exc:
+                metrics.observe_turn("failed", run.metrics)
                 await queue.put(turn_failure(exc, turn_id))
             else:
-                await queue.put(TurnCompleted(turn_id, run.finish_metrics(0), run.report, run.text))
+                metrics.observe_turn("completed", run.finish_metrics(0))
+                await queue.put(TurnCompleted(turn_id, run.metrics, run.report, run.text))
             await queue.put(None)
 
         task = asyncio.get_running_loop().create_task(produce())

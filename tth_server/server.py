@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
+from tth_server import metrics, tracing
 from tth_server.auth import AuthInterceptor
 from tth_server.config import Config, TLSSettings
 from tth_server.convert import tolerant_handlers
@@ -44,6 +46,7 @@ class RunningServer:
     runtime: Runtime
     health: health.aio.HealthServicer
     _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
+    metrics_http: Any = field(default=None, repr=False)  # the /metrics server, when metrics.port is set
 
     async def refresh_health(self) -> None:
         for stage, adapter in self.runtime.adapters.items():
@@ -76,6 +79,9 @@ class RunningServer:
         await self.runtime.shut_down(grace)
         await self.server.stop(max(0.5, deadline - asyncio.get_running_loop().time()))
         await self.runtime.aclose()
+        if self.metrics_http is not None:
+            await asyncio.to_thread(self.metrics_http.shutdown)
+            self.metrics_http.server_close()
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
@@ -97,6 +103,8 @@ def _bind(server: grpc.aio.Server, address: str, tls: TLSSettings) -> int:
 async def serve(config: Config, listen: str | None = None) -> RunningServer:
     """Start adapters and the server; returns once it accepts calls."""
     runtime = Runtime(config)
+    metrics.track_sessions(runtime.sessions)
+    tracing.configure()
     await runtime.start()
     limit = config.server.max_message_bytes
     if not runtime.keys.enabled:
@@ -125,8 +133,15 @@ async def serve(config: Config, listen: str | None = None) -> RunningServer:
     port = _bind(server, address, config.tls)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
+    metrics_http = None
+    if config.metrics.port:
+        try:
+            metrics_http = metrics.serve_http(config.metrics.port, config.metrics.host)
+        except OSError as exc:
+            await runtime.aclose()
+            raise OSError(f"cannot serve metrics on {config.metrics.host}:{config.metrics.port}: {exc}") from None
     await server.start()
-    running = RunningServer(server, port, runtime, health_servicer)
+    running = RunningServer(server, port, runtime, health_servicer, metrics_http=metrics_http)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     await running.refresh_health()
@@ -137,6 +152,7 @@ async def serve(config: Config, listen: str | None = None) -> RunningServer:
         port=port,
         profile=config.profile,
         adapters={s: a.name for s, a in runtime.adapters.items()},
+        metrics=f"http://{config.metrics.host}:{config.metrics.port}/metrics" if metrics_http else "off",
     )
     return running
 

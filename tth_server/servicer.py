@@ -12,6 +12,7 @@ that resumes the session gets the events its client missed first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import NoReturn
@@ -40,6 +41,7 @@ _REFUSALS = {
     "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
 }
+_CANCEL_GRACE_S = 0.1  # how long a half-close waits to be sure it is not a cancelled call (~3 loop turns)
 _TAKEN_OVER = "another stream resumed this session (config.resume_after_seq); this stream no longer has it"
 
 
@@ -61,7 +63,9 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
         structlog.contextvars.bind_contextvars(session_id=session.id, key_id=key)
         log.info("session started" if attachment.started_seq else "stream attached", persona=session.persona_id)
         loop = asyncio.get_running_loop()
-        reader = loop.create_task(self._read(requests, session, key))
+        call_done = asyncio.Event()
+        context.add_done_callback(lambda _: call_done.set())
+        reader = loop.create_task(self._read(requests, session, key, attachment, call_done))
         watchdog = loop.create_task(self._watch(session))
         over = False
         try:
@@ -190,7 +194,14 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
                 context.set_trailing_metadata((("retry-after-ms", str(int(exc.retry_after_s * 1000))),))
             await _abort(context, _REFUSALS[exc.reason], str(exc))
 
-    async def _read(self, requests: AsyncIterator[pb.ConverseRequest], session: Session, key: str) -> None:
+    async def _read(
+        self,
+        requests: AsyncIterator[pb.ConverseRequest],
+        session: Session,
+        key: str,
+        attachment: Attachment,
+        call_done: asyncio.Event,
+    ) -> None:
         try:
             async for request in requests:
                 session.last_request = time.monotonic()
@@ -198,8 +209,13 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
         except Exception as exc:  # the call broke; gRPC ends it, and the session waits for a resume
             log.info("reading the stream failed", error=f"{type(exc).__name__}: {exc}")
             return
-        await session.drain()  # half-close: finish the running turn, then end with OK
-        session.outbox.close()
+        await session.drain()  # half-close: finish the running turn, then end with OK ...
+        # ... unless the call was cancelled: gRPC ends the requests the same way then, and reports the
+        # cancellation a few loop turns later. A dropped stream must leave its session waiting for a resume.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(call_done.wait(), _CANCEL_GRACE_S)
+        if not call_done.is_set() and attachment.active:
+            session.outbox.close()
 
     async def _handle(self, request: pb.ConverseRequest | Malformed, session: Session, key: str) -> None:
         if isinstance(request, Malformed):

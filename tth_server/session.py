@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from adapters.base import Message
+from tth_server import metrics, tracing
 from tth_server.auth import ANONYMOUS
 from tth_server.controls import ControlPatch
 from tth_server.errors import turn_failure
@@ -110,6 +111,13 @@ class AttachRefused(Exception):
         self.retry_after_s = retry_after_s
 
 
+def _unknown(session_id: str) -> AttachRefused:
+    return AttachRefused(
+        "not_found",
+        f"config.session_id {session_id[:64]!r} is not a session this caller can attach to (unknown, ended or expired)",
+    )
+
+
 def _is_terminal(event: Event) -> bool:
     return isinstance(event, TurnCompleted | TurnInterrupted) or (isinstance(event, ErrorOut) and bool(event.turn_id))
 
@@ -171,7 +179,6 @@ class Session:
         self._running_turn_id = ""  # the turn started and not yet ended, as the store knows it
         self._save_lock = asyncio.Lock()
         self._released = False
-        self._ending: asyncio.Task[None] | None = None
 
     @classmethod
     def restore(cls, runtime: Runtime, state: SessionRecord) -> Session:
@@ -217,6 +224,11 @@ class Session:
     def attached(self) -> bool:
         return self._attachment is not None
 
+    @property
+    def ending(self) -> bool:
+        """Closed, or being ended: no stream may attach any more."""
+        return self._closed or self._released
+
     def started_event(self) -> Started:
         persona = self.runtime.personas.get(self.persona_id)
         return Started(self.runtime.sample_rate_hz, self.render, persona.id, persona.name)
@@ -257,6 +269,7 @@ class Session:
         else:
             attachment = Attachment(self.replay.last_seq if after is None else after, 0, resumed)
         self._attachment = attachment
+        self.last_request = time.monotonic()  # attaching is activity: the idle limit starts over
         return attachment
 
     def detach(self, attachment: Attachment) -> None:
@@ -303,21 +316,18 @@ class Session:
             epoch=self.epoch,
         )
 
-    async def persist(self, *, create: bool = False, sealed: bool = False, running: str | None = None) -> None:
+    async def persist(self, *, sealed: bool = False, running: str | None = None) -> None:
         """Save the state; a store failure is logged, and losing the session to another replica ends it here."""
         if self._closed and not sealed:
             return
         async with self._save_lock:  # saves land in the order their snapshots were taken
             try:
-                saved = await self.runtime.store.save(self.snapshot(sealed=sealed, running=running), create=create)
+                saved = await self.runtime.store.save(self.snapshot(sealed=sealed, running=running))
             except StoreError as exc:
                 log.warning("session state not saved", error=str(exc))
                 return
-        if not saved and not self._closed and not self.superseded:
-            log.warning("session taken over by another replica; ending it here")
-            self.superseded = True
-            message = "this session was resumed on another replica; this stream no longer has it"
-            self._ending = asyncio.get_running_loop().create_task(self.end(ErrorCode.FAILED_PRECONDITION, message))
+        if not saved and not self._closed:
+            self.runtime.sessions.supersede(self)
 
     async def seal(self) -> None:
         """Save the state a last time as this replica lets go of the closed session (it is shutting down).
@@ -348,7 +358,7 @@ class Session:
         await self.persist()
 
     async def say(self, text: str, patch: ControlPatch) -> str:
-        """Start a turn for `text`, interrupting a running one first; returns the turn id."""
+        """Start a turn for `text`, interrupting a running one first; returns the turn id ("" if the session ended)."""
         layers = [("turn", patch), ("pending", self.pending), ("session", self.defaults)]
         persona_id = next((p.persona_id for _, p in layers if p.persona_id is not None), self.persona_id)
         persona = self.runtime.personas.get(persona_id, "text.control.character.persona_id")
@@ -362,6 +372,9 @@ class Session:
             self._running_turn_id = ""
             self.turns -= 1
             raise
+        if self._closed or self.superseded:  # ended, or lost to another replica, while saving: no turn here
+            self._running_turn_id = ""
+            return ""
         request = TurnRequest(
             turn_id, text, tuple(self.history), layers, persona, self.render, self.policy, self.conversation
         )
@@ -410,7 +423,7 @@ class Session:
         terminal: Event
         try:
             try:
-                await self.runtime.pipeline.run(run, sink)
+                await tracing.turn(run, self.id, self.runtime.pipeline.run(run, sink))
             except asyncio.CancelledError:
                 turn = self._turn
                 if turn is None or turn.reason is None:
@@ -461,6 +474,7 @@ class Session:
 
     def _summary(self, run: TurnRun, outcome: str, **extra: object) -> None:
         m = run.metrics
+        metrics.observe_turn(outcome, m)
         log.info(
             "turn",
             outcome=outcome,
@@ -503,13 +517,13 @@ class SessionTable:
         """A new session on its first stream."""
         self._hold_slot(session)
         self._live[session.id] = session
-        await session.persist(create=True)
+        await session.persist()
         return session.attach(None, None)
 
     async def add_waiting(self, session: Session, timeout_s: float) -> None:
         """A session made ahead of time (CreateSession): it ends unless a stream attaches within `timeout_s`."""
         self._live[session.id] = session
-        await session.persist(create=True)
+        await session.persist()
         self._expire_in(session, timeout_s)
 
     async def attach(self, session_id: str, key_id: str, after: int | None) -> tuple[Session, Attachment]:
@@ -521,11 +535,15 @@ class SessionTable:
         replayed, and a session attached to another stream here is refused.
         """
         session = self._live.get(session_id)
-        if session is not None and (session.key_id != key_id or session.closed):
-            session = None  # another key's session is, to this caller, no session at all
-        lost = ""
+        if session is not None and not session.ending and await self._stale(session):
+            self.supersede(session)
+        if session is not None and session.superseded:
+            session = None  # it lives on another replica now (or ended there): ask the store
+        lost, restored = "", session is None
         if session is None:
             session, resumed, lost = await self._restore(session_id, key_id, after)
+        elif session.key_id != key_id or session.ending:  # another key's session is, to this caller, none at all
+            raise _unknown(session_id)
         else:
             if session.attached and after is None:
                 raise AttachRefused(
@@ -547,7 +565,7 @@ class SessionTable:
         handle = self._expiry.pop(session.id, None)
         if handle is not None:
             handle.cancel()
-        attachment = session.attach(after, resumed)
+        attachment = session.attach(None if restored else after, resumed)  # a restored session holds no events
         if lost:
             message = f"turn {lost} was lost: the replica running it stopped before it ended; send the text again"
             session.outbox.put_control(ErrorOut(ErrorCode.UNAVAILABLE, message, True, 0, lost))
@@ -572,25 +590,37 @@ class SessionTable:
         A replica that is shutting down leaves the session in the store instead,
         so the client can resume it on another replica.
         """
-        if self._live.get(session.id) is session:
-            del self._live[session.id]
-            handle = self._expiry.pop(session.id, None)
-            if handle is not None:
-                handle.cancel()
         if session._released:
             return
         session._released = True
+        if self._live.get(session.id) is session:
+            handle = self._expiry.pop(session.id, None)
+            if handle is not None:
+                handle.cancel()
         try:
-            await session.close()
+            await session.close()  # from here on, attaching to it is refused
             if self._runtime.draining and not session.superseded:
                 await session.seal()
             else:
                 await session.forget()
         finally:
+            if self._live.get(session.id) is session:
+                del self._live[session.id]
             session.replay.clear()
             if session.holds_slot:
                 session.holds_slot = False
                 self._runtime.limits.close_session(session.key_id)
+
+    def supersede(self, session: Session) -> None:
+        """Another replica has the session now (or has ended it): end this copy, leaving the store alone."""
+        if session.superseded:
+            return
+        session.superseded = True
+        log.warning("session taken over by another replica; ending it here", session_id=session.id)
+        if session.ended is None:
+            message = "this session was resumed on another replica; this stream no longer has it"
+            session.ended = ErrorOut(ErrorCode.FAILED_PRECONDITION, message)
+        self._spawn(self.end(session))
 
     async def aclose(self) -> None:
         """End every session without touching the store (the process is going away)."""
@@ -609,11 +639,7 @@ class SessionTable:
     async def _restore(self, session_id: str, key_id: str, after: int | None) -> tuple[Session, Resumed | None, str]:
         """Take over a session this replica does not have, from the store; with the turn it lost, if any."""
         store = self._runtime.store
-        unknown = AttachRefused(
-            "not_found",
-            f"config.session_id {session_id[:64]!r} is not a session this caller can attach to "
-            "(unknown, ended or expired)",
-        )
+        unknown = _unknown(session_id)
         if len(session_id) > 128:
             raise unknown
         try:
@@ -643,6 +669,17 @@ class SessionTable:
             "its last save cannot be replayed; its history, controls and persona are intact"
         )
         return session, Resumed(lossless, session.replay.last_seq, detail), state.running_turn_id
+
+    async def _stale(self, session: Session) -> bool:
+        """True when, by a shared store, another replica took the session over or ended it since this one had it."""
+        store = self._runtime.store
+        if not store.shared:
+            return False
+        try:
+            epoch = await store.epoch(session.id)
+        except StoreError:
+            return False  # the store is down: this copy is the best there is
+        return epoch is not None and epoch > session.epoch  # a missing record (expired, never saved) is ours
 
     def _hold_slot(self, session: Session) -> None:
         if session.holds_slot:

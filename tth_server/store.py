@@ -10,8 +10,10 @@ keeps it in this process, `RedisStore` in Redis, shared by every replica.
 Ownership is fenced by an epoch. `claim` (a replica taking a session over) bumps
 it; a save or delete carrying an older epoch is refused, so a replica that lost a
 session to another can never overwrite the new owner's state: its `save` returns
-False and it ends its copy of the session. Only the creating save may make a new
-record, so a stale owner cannot bring back a session that has ended either.
+False and it ends its copy of the session. In a shared store `delete` leaves a
+tombstone (the epoch, for `ttl_s`), so a stale owner cannot bring back a session
+another replica has ended either; a record that is simply missing (it expired, or
+the store was down when the session began) is written afresh.
 
 Replayable events are not stored: they stay in the replica that sent them (see
 `tth_server.outbox.ReplayBuffer`). A session restored from the store continues its
@@ -93,6 +95,8 @@ def _patch(data: dict[str, Any]) -> ControlPatch:
 class SessionStore(ABC):
     """Saves, claims and deletes session state; every method may raise StoreError."""
 
+    shared = False  # True when other replicas see the same state
+
     async def start(self) -> None:
         """Connect; raises ConfigError when the store cannot be reached."""
 
@@ -100,12 +104,16 @@ class SessionStore(ABC):
         """Release connections; safe to call twice."""
 
     @abstractmethod
-    async def save(self, state: SessionRecord, *, create: bool = False) -> bool:
-        """Store `state` unless a newer owner claimed it (or, without `create`, it no longer exists): then False."""
+    async def save(self, state: SessionRecord) -> bool:
+        """Store `state`, unless a newer owner (a higher epoch) claimed or ended the session: then False."""
 
     @abstractmethod
     async def load(self, session_id: str) -> SessionRecord | None:
         """The stored state, or None; ownership does not change."""
+
+    @abstractmethod
+    async def epoch(self, session_id: str) -> int | None:
+        """The epoch of the session's record or tombstone; None when the store knows nothing of it."""
 
     @abstractmethod
     async def claim(self, session_id: str) -> SessionRecord | None:
@@ -122,15 +130,19 @@ class MemoryStore(SessionStore):
     def __init__(self) -> None:
         self._states: dict[str, SessionRecord] = {}
 
-    async def save(self, state: SessionRecord, *, create: bool = False) -> bool:
+    async def save(self, state: SessionRecord) -> bool:
         current = self._states.get(state.session_id)
-        if (current is None and not create) or (current is not None and current.epoch > state.epoch):
+        if current is not None and current.epoch > state.epoch:
             return False
         self._states[state.session_id] = state
         return True
 
     async def load(self, session_id: str) -> SessionRecord | None:
         return self._states.get(session_id)
+
+    async def epoch(self, session_id: str) -> int | None:
+        current = self._states.get(session_id)
+        return None if current is None else current.epoch
 
     async def claim(self, session_id: str) -> SessionRecord | None:
         current = self._states.get(session_id)
@@ -141,6 +153,7 @@ class MemoryStore(SessionStore):
         return claimed
 
     async def delete(self, session_id: str, epoch: int) -> None:
+        # No tombstone: in one process no other copy of the session can outlive it.
         current = self._states.get(session_id)
         if current is not None and current.epoch <= epoch:
             del self._states[session_id]
@@ -152,7 +165,7 @@ class MemoryStore(SessionStore):
 # Each script runs atomically in Redis, so check-then-write cannot interleave with another replica.
 _SAVE = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if (not epoch and ARGV[4] ~= '1') or (epoch and tonumber(epoch) > tonumber(ARGV[1])) then return 0 end
+if epoch and tonumber(epoch) > tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'state', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
@@ -166,13 +179,21 @@ return {epoch, state}
 """
 _DELETE = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if epoch and tonumber(epoch) <= tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]) end
+if epoch and tonumber(epoch) <= tonumber(ARGV[1]) then
+  redis.call('HDEL', KEYS[1], 'state')
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return 0
 """
 
 
 class RedisStore(SessionStore):
-    """State in Redis, one hash per session (`epoch`, `state` as JSON), expiring `ttl_s` after its last save."""
+    """State in Redis, one hash per session (`epoch`, `state` as JSON), expiring `ttl_s` after its last write.
+
+    An ended session's hash keeps only `epoch` (a tombstone) until it expires.
+    """
+
+    shared = True
 
     def __init__(self, settings: StoreSettings) -> None:
         try:
@@ -212,8 +233,8 @@ class RedisStore(SessionStore):
     async def aclose(self) -> None:
         await self._redis.aclose()
 
-    async def save(self, state: SessionRecord, *, create: bool = False) -> bool:
-        args: list[str | int] = [state.epoch, state.to_json(), self._ttl_ms, int(create)]
+    async def save(self, state: SessionRecord) -> bool:
+        args: list[str | int] = [state.epoch, state.to_json(), self._ttl_ms]
         return bool(await self._call("a save", self._save(keys=[self._key(state.session_id)], args=args)))
 
     async def load(self, session_id: str) -> SessionRecord | None:
@@ -221,6 +242,10 @@ class RedisStore(SessionStore):
         if not found or "state" not in found:
             return None
         return SessionRecord.from_json(found["state"], int(found.get("epoch", 0)))
+
+    async def epoch(self, session_id: str) -> int | None:
+        found = await self._call("an epoch lookup", self._redis.hget(self._key(session_id), "epoch"))
+        return None if found is None else int(found)
 
     async def claim(self, session_id: str) -> SessionRecord | None:
         found = await self._call("a claim", self._claim(keys=[self._key(session_id)], args=[self._ttl_ms]))
@@ -230,7 +255,7 @@ class RedisStore(SessionStore):
         return SessionRecord.from_json(text, int(epoch))
 
     async def delete(self, session_id: str, epoch: int) -> None:
-        await self._call("a delete", self._delete(keys=[self._key(session_id)], args=[epoch]))
+        await self._call("a delete", self._delete(keys=[self._key(session_id)], args=[epoch, self._ttl_ms]))
 
 
 def make_store(settings: StoreSettings) -> SessionStore:
