@@ -16,7 +16,7 @@ from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
 from tth_server.config import load_config
 from tth_server.server import RunningServer, serve
-from tth_server.session import Session
+from tth_server.session import AttachRefused, Session
 
 UNPACED = {"max_lead_ms": 1_000_000, "outbox_capacity": 100_000}
 LONG_REPLY = (
@@ -131,6 +131,25 @@ async def test_a_session_nobody_resumes_expires_and_frees_its_slot(start_server:
         gone = await _error(Conversation(stub), session_id=session_id, resume_after_seq=3)
         assert gone.code() == grpc.StatusCode.NOT_FOUND and "expired" in str(gone.details())
         assert (await Conversation(stub).start()).WhichOneof("event") == "started"  # the slot is free again
+
+
+async def test_a_resume_that_races_the_expiry_is_refused_rather_than_attached_to_a_dying_session(
+    start_server: ServerFactory,
+) -> None:
+    server = await start_server(session=UNPACED)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        conv = Conversation(pb_grpc.ConversationServiceStub(channel))
+        session_id = (await conv.start()).session_id
+        conv.call.cancel()
+        table = server.runtime.sessions
+        session = table.get(session_id)
+        assert session is not None
+        await _until(lambda: not session.attached)
+        table._expire(session)  # the resume window ends in the same loop turn as a resume arrives
+        with pytest.raises(AttachRefused) as refused:
+            await table.attach(session_id, "anonymous", 1)
+        assert refused.value.reason == "not_found"
+        await _until(lambda: session_id not in table)
 
 
 async def test_a_resume_after_events_no_longer_held_is_refused_saying_how_many(start_server: ServerFactory) -> None:

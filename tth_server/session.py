@@ -287,6 +287,8 @@ class Session:
         if not attachment.active:
             return None
         if attachment.cursor < self.replay.last_seq:
+            if not self.replay.holds_after(attachment.cursor):
+                return None  # the session ended under this stream and let go of its events
             attachment.cursor += 1
             return attachment.cursor, self.replay.after(attachment.cursor - 1)
         event = await self.outbox.get(attachment.is_active)
@@ -579,7 +581,7 @@ class SessionTable:
             return  # another stream took it over
         window = self._runtime.config.session.resume_window_s
         if session.closed or self._runtime.draining or window <= 0:
-            self._spawn(self.end(session))
+            self._end_soon(session)
             return
         log.info("stream dropped; session waits for a resume", resume_window_s=window)
         self._expire_in(session, window)
@@ -593,12 +595,21 @@ class SessionTable:
         if session._released:
             return
         session._released = True
+        await self._finish(session)
+
+    def _end_soon(self, session: Session) -> None:
+        """`end`, in a task of its own; from this moment on no stream can attach to the session."""
+        if not session._released:
+            session._released = True
+            self._spawn(self._finish(session))
+
+    async def _finish(self, session: Session) -> None:
         if self._live.get(session.id) is session:
             handle = self._expiry.pop(session.id, None)
             if handle is not None:
                 handle.cancel()
         try:
-            await session.close()  # from here on, attaching to it is refused
+            await session.close()
             if self._runtime.draining and not session.superseded:
                 await session.seal()
             else:
@@ -620,7 +631,7 @@ class SessionTable:
         if session.ended is None:
             message = "this session was resumed on another replica; this stream no longer has it"
             session.ended = ErrorOut(ErrorCode.FAILED_PRECONDITION, message)
-        self._spawn(self.end(session))
+        self._end_soon(session)
 
     async def aclose(self) -> None:
         """End every session without touching the store (the process is going away)."""
@@ -700,7 +711,7 @@ class SessionTable:
         self._expiry.pop(session.id, None)
         if not session.attached:
             log.info("session expired", session_id=session.id)
-            self._spawn(self.end(session))
+            self._end_soon(session)
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
