@@ -237,6 +237,18 @@ async def test_two_personas_give_different_system_prompts(start_server: ServerFa
     assert "Jo" in excited and "happy" in excited
 
 
+async def test_the_control_report_names_the_persona_in_use(stub: pb_grpc.ConversationServiceStub) -> None:
+    conv = Conversation(stub)
+    await conv.start(persona_id="casual")
+    await conv.say("Hello!")
+    report = (await conv.until_terminal())[-1].turn_complete.control_report
+    personas = {(a.value, a.source) for a in report.applied if a.field == "character.persona_id"}
+    assert personas == {("casual", "persona")}
+    await conv.say("Hello!", persona_id="excited")
+    report = (await conv.until_terminal())[-1].turn_complete.control_report
+    assert {(a.value, a.source) for a in report.applied if a.field == "character.persona_id"} == {("excited", "turn")}
+
+
 async def test_first_audio_arrives_before_a_slow_llm_has_finished(start_server: ServerFactory) -> None:
     stub = await _stub(start_server, session=UNPACED, components=_llm(tokens_per_s=50, hints=False))
     conv = Conversation(stub)

@@ -224,7 +224,9 @@ class TurnPipeline:
         self.stages = stages
 
     def controls_for(self, request: TurnRequest, hint: ControlPatch | None) -> Controls:
-        layers = [*request.layers, ("persona", request.persona.controls)]
+        # The persona layer names its own id, so the resolved persona_id is the persona in use.
+        persona = replace(request.persona.controls, persona_id=request.persona.id)
+        layers = [*request.layers, ("persona", persona)]
         if hint is not None:
             layers.append(("llm_hint", hint))
         return resolve(layers)
