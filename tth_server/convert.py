@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.base import Stage
+from adapters.base import Capabilities, Stage
 from tth_client.v1 import controls_pb2 as cpb
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import media_pb2 as mpb
@@ -27,8 +27,7 @@ from tth_server.events import (
     TurnMetrics,
     VideoOut,
 )
-from tth_server.media import MarkKind, VideoEncoding
-from tth_server.runtime import RenderRequest
+from tth_server.media import AudioChunk, MarkKind, RenderRequest, VideoEncoding, VideoFrame
 
 _LABELS = {
     cpb.EMOTION_LABEL_NEUTRAL: EmotionLabel.NEUTRAL,
@@ -40,6 +39,7 @@ _LABELS = {
     cpb.EMOTION_LABEL_DISGUSTED: EmotionLabel.DISGUSTED,
 }
 LABEL_TO_PROTO = {v: k for k, v in _LABELS.items()}
+LABEL_FROM_PROTO = _LABELS
 _LATENCY = {cpb.LATENCY_MODE_LOW: "low", cpb.LATENCY_MODE_BALANCED: "balanced", cpb.LATENCY_MODE_QUALITY: "quality"}
 _STAGES = {
     Stage.LLM: pb.STAGE_LLM,
@@ -72,6 +72,8 @@ _NOTICES = {
     NoticeKind.SERVER_SHUTTING_DOWN: pb.NOTICE_KIND_SERVER_SHUTTING_DOWN,
 }
 STAGE_TO_PROTO = _STAGES
+MARK_FROM_PROTO = {v: k for k, v in _MARKS.items()}
+ENCODING_FROM_PROTO = {v: k for k, v in _ENCODINGS.items()}
 
 
 # ---- requests in -----------------------------------------------------------------------------------------------
@@ -204,29 +206,40 @@ def _report(r: ControlReport) -> pb.ControlReport:
     )
 
 
+def audio_to_proto(c: AudioChunk) -> mpb.AudioChunk:
+    marks = [mpb.SpeechMark(type=_MARKS[m.kind], timestamp_ms=m.time_ms, text=m.text) for m in c.marks]
+    return mpb.AudioChunk(
+        data=c.pcm, sample_rate_hz=c.sample_rate_hz, timestamp_ms=c.timestamp_ms, duration_ms=c.duration_ms, marks=marks
+    )
+
+
+def frame_to_proto(f: VideoFrame) -> mpb.VideoFrame:
+    return mpb.VideoFrame(
+        data=f.data,
+        encoding=_ENCODINGS[f.encoding],
+        width=f.width,
+        height=f.height,
+        frame_index=f.frame_index,
+        timestamp_ms=f.timestamp_ms,
+        drift_ms=f.drift_ms,
+    )
+
+
+def capabilities_to_proto(caps: Capabilities) -> pb.Capabilities:
+    return pb.Capabilities(
+        streaming=caps.streaming,
+        controls=sorted(caps.controls),
+        emotions=sorted(LABEL_TO_PROTO[e] for e in caps.emotions),
+        speech_marks=caps.speech_marks,
+    )
+
+
 def _payload(event: Event) -> tuple[str, Any]:
     """The oneof arm name and message for an event (shared by Converse and Generate)."""
     if isinstance(event, AudioOut):
-        c = event.chunk
-        marks = [mpb.SpeechMark(type=_MARKS[m.kind], timestamp_ms=m.time_ms, text=m.text) for m in c.marks]
-        return "audio", mpb.AudioChunk(
-            data=c.pcm,
-            sample_rate_hz=c.sample_rate_hz,
-            timestamp_ms=c.timestamp_ms,
-            duration_ms=c.duration_ms,
-            marks=marks,
-        )
+        return "audio", audio_to_proto(event.chunk)
     if isinstance(event, VideoOut):
-        f = event.frame
-        return "video", mpb.VideoFrame(
-            data=f.data,
-            encoding=_ENCODINGS[f.encoding],
-            width=f.width,
-            height=f.height,
-            frame_index=f.frame_index,
-            timestamp_ms=f.timestamp_ms,
-            drift_ms=f.drift_ms,
-        )
+        return "video", frame_to_proto(event.frame)
     if isinstance(event, TextOut):
         return "text_delta", pb.TextDelta(text=event.text)
     if isinstance(event, TurnCompleted):

@@ -84,3 +84,13 @@ class RenderSettings:
     @property
     def frame_ms(self) -> float:
         return 1000.0 / self.fps
+
+
+@dataclass(frozen=True, slots=True)
+class RenderRequest:
+    """Render options as a client asked for them; None means the server default."""
+
+    fps: int | None = None
+    width: int | None = None
+    height: int | None = None
+    latency_mode: str | None = None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from adapters.base import Adapter, AvatarAdapter, LLMAdapter, RealtimeAdapter, TTSAdapter
 from tth_server import metrics, router, tracing
@@ -23,23 +22,13 @@ from tth_server.controls import ControlError, ControlPatch
 from tth_server.errors import turn_failure
 from tth_server.events import AudioOut, ErrorCode, Event, Notice, NoticeKind, Started, TextOut, TurnCompleted, VideoOut
 from tth_server.limits import Limits
-from tth_server.media import AudioChunk, RenderSettings, VideoFrame
+from tth_server.media import AudioChunk, RenderRequest, RenderSettings, VideoFrame
 from tth_server.personas import PersonaCatalog
 from tth_server.pipeline import Pacer, SegmentPolicy, Stages, TurnPipeline, TurnRequest, TurnRun
 from tth_server.session import Session, SessionTable
 from tth_server.store import make_store
 
 _LEADS = {"low": 0.5, "balanced": 1.0, "quality": 2.0}  # multiples of session.max_lead_ms
-
-
-@dataclass(frozen=True, slots=True)
-class RenderRequest:
-    """Render options as a client asked for them; None means the server default."""
-
-    fps: int | None = None
-    width: int | None = None
-    height: int | None = None
-    latency_mode: str | None = None
 
 
 class Runtime:

@@ -318,12 +318,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
                     adapter=adapter.name,
                     mode=_MODES[adapter.mode.value],
                     model=adapter.model,
-                    capabilities=pb.Capabilities(
-                        streaming=caps.streaming,
-                        controls=sorted(caps.controls),
-                        emotions=sorted(convert.LABEL_TO_PROTO[e] for e in caps.emotions),
-                        speech_marks=caps.speech_marks,
-                    ),
+                    capabilities=convert.capabilities_to_proto(caps),
                     health=pb.ADAPTER_HEALTH_SERVING if health.healthy else pb.ADAPTER_HEALTH_NOT_SERVING,
                     detail=health.detail,
                     fallbacks=[str(f.get("adapter", "")) for f in component.fallback],

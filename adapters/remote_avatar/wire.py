@@ -14,30 +14,17 @@ from tth_client.v1 import avatar_worker_pb2 as wpb
 from tth_client.v1 import controls_pb2 as cpb
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import media_pb2 as mpb
-from tth_server.controls import ControlPatch, Controls, EmotionLabel, resolve
-from tth_server.media import AudioChunk, MarkKind, RenderSettings, SpeechMark, VideoEncoding, VideoFrame
+from tth_server import convert
+from tth_server.controls import Controls, resolve
+from tth_server.media import AudioChunk, RenderSettings, SpeechMark, VideoFrame
 
-_LABELS: dict[EmotionLabel, cpb.EmotionLabel.ValueType] = {
-    EmotionLabel.NEUTRAL: cpb.EMOTION_LABEL_NEUTRAL,
-    EmotionLabel.HAPPY: cpb.EMOTION_LABEL_HAPPY,
-    EmotionLabel.SAD: cpb.EMOTION_LABEL_SAD,
-    EmotionLabel.ANGRY: cpb.EMOTION_LABEL_ANGRY,
-    EmotionLabel.SURPRISED: cpb.EMOTION_LABEL_SURPRISED,
-    EmotionLabel.FEARFUL: cpb.EMOTION_LABEL_FEARFUL,
-    EmotionLabel.DISGUSTED: cpb.EMOTION_LABEL_DISGUSTED,
-}
-_LABELS_BACK = {v: k for k, v in _LABELS.items()}
-_MARKS: dict[MarkKind, mpb.SpeechMarkType.ValueType] = {
-    MarkKind.WORD: mpb.SPEECH_MARK_TYPE_WORD,
-    MarkKind.PHONEME: mpb.SPEECH_MARK_TYPE_PHONEME,
-    MarkKind.SENTENCE: mpb.SPEECH_MARK_TYPE_SENTENCE,
-}
-_MARKS_BACK = {v: k for k, v in _MARKS.items()}
-_ENCODINGS: dict[VideoEncoding, mpb.VideoEncoding.ValueType] = {
-    VideoEncoding.JPEG: mpb.VIDEO_ENCODING_JPEG,
-    VideoEncoding.RAW_RGB: mpb.VIDEO_ENCODING_RAW_RGB,
-}
-_ENCODINGS_BACK = {v: k for k, v in _ENCODINGS.items()}
+_LABELS_BACK = convert.LABEL_FROM_PROTO
+_MARKS_BACK = convert.MARK_FROM_PROTO
+_ENCODINGS_BACK = convert.ENCODING_FROM_PROTO
+# The conversions to protos are the servicer's own (one place for each message).
+audio_to_proto = convert.audio_to_proto
+frame_to_proto = convert.frame_to_proto
+capabilities_to_proto = convert.capabilities_to_proto
 
 # A worker's gRPC status, as the router classifies provider errors.
 STATUS_CATEGORIES: dict[grpc.StatusCode, ErrorCategory] = {
@@ -79,16 +66,6 @@ def config_from_proto(msg: wpb.RenderConfig) -> RenderSettings:
     return RenderSettings(msg.fps, msg.width, msg.height)
 
 
-def audio_to_proto(chunk: AudioChunk) -> mpb.AudioChunk:
-    return mpb.AudioChunk(
-        data=chunk.pcm,
-        sample_rate_hz=chunk.sample_rate_hz,
-        timestamp_ms=chunk.timestamp_ms,
-        duration_ms=chunk.duration_ms,
-        marks=[mpb.SpeechMark(type=_MARKS[m.kind], timestamp_ms=m.time_ms, text=m.text) for m in chunk.marks],
-    )
-
-
 def audio_from_proto(msg: mpb.AudioChunk) -> AudioChunk:
     if msg.sample_rate_hz <= 0:
         raise ValueError(f"audio.chunk.sample_rate_hz must be positive, got {msg.sample_rate_hz}")
@@ -100,7 +77,9 @@ def audio_from_proto(msg: mpb.AudioChunk) -> AudioChunk:
 
 def controls_to_proto(c: Controls) -> cpb.TurnControl:
     return cpb.TurnControl(
-        emotion=cpb.EmotionControl(label=_LABELS[c.label], intensity=c.intensity, valence=c.valence, arousal=c.arousal),
+        emotion=cpb.EmotionControl(
+            label=convert.LABEL_TO_PROTO[c.label], intensity=c.intensity, valence=c.valence, arousal=c.arousal
+        ),
         character=cpb.CharacterControl(
             persona_id=c.persona_id,
             speech_rate=c.speech_rate,
@@ -113,31 +92,7 @@ def controls_to_proto(c: Controls) -> cpb.TurnControl:
 
 def controls_from_proto(msg: cpb.TurnControl) -> Controls:
     """Resolved controls; fields the client left unset take the built-in defaults."""
-    e, c = msg.emotion, msg.character
-    patch = ControlPatch(
-        label=_LABELS_BACK.get(e.label),
-        intensity=e.intensity if e.HasField("intensity") else None,
-        valence=e.valence if e.HasField("valence") else None,
-        arousal=e.arousal if e.HasField("arousal") else None,
-        persona_id=c.persona_id if c.HasField("persona_id") and c.persona_id else None,
-        speech_rate=c.speech_rate if c.HasField("speech_rate") else None,
-        pitch_shift=c.pitch_shift if c.HasField("pitch_shift") else None,
-        expressivity=c.expressivity if c.HasField("expressivity") else None,
-        motion_gain=c.motion_gain if c.HasField("motion_gain") else None,
-    ).validated("audio.control.")
-    return resolve([("remote", patch)])
-
-
-def frame_to_proto(f: VideoFrame) -> mpb.VideoFrame:
-    return mpb.VideoFrame(
-        data=f.data,
-        encoding=_ENCODINGS[f.encoding],
-        width=f.width,
-        height=f.height,
-        frame_index=f.frame_index,
-        timestamp_ms=f.timestamp_ms,
-        drift_ms=f.drift_ms,
-    )
+    return resolve([("remote", convert.patch_from_proto(msg, "audio.control"))])
 
 
 def frame_from_proto(msg: mpb.VideoFrame) -> VideoFrame:
@@ -151,15 +106,6 @@ def frame_from_proto(msg: mpb.VideoFrame) -> VideoFrame:
         msg.frame_index,
         msg.timestamp_ms,
         msg.timestamp_ms - msg.drift_ms,
-    )
-
-
-def capabilities_to_proto(caps: Capabilities) -> pb.Capabilities:
-    return pb.Capabilities(
-        streaming=caps.streaming,
-        controls=sorted(caps.controls),
-        emotions=sorted(_LABELS[e] for e in caps.emotions),
-        speech_marks=caps.speech_marks,
     )
 
 
