@@ -117,9 +117,10 @@ class Rechunker:
 
     def _mark(self, event: Event, time_ms: float) -> list[SpeechMark]:
         if event.kind is EventType.WORD:
-            *skipped, hit = self._words.take(event.text_position) or [None]
-            if hit is None:
+            taken = self._words.take(event.text_position)
+            if not taken:
                 return []
+            *skipped, hit = taken
             marks = self._words_before(skipped, time_ms)
             self._last_word_ms = time_ms
             return [*marks, SpeechMark(MarkKind.WORD, time_ms, _word_text(hit))]
