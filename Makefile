@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make run    create .venv, install TTH, start the server (PROFILE=..., LISTEN=... to choose)
-#   make test   install dev dependencies and buf, lint the protos, check generated code, run the tests
+#   make test   install dev dependencies and buf, lint the protos, check generated code, lint and type-check, run the tests
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -32,6 +32,7 @@ test: $(VENV)/.installed-dev node_modules/.installed
 	npx --no-install buf lint
 	$(BIN)/python scripts/gen_protos.py --check
 	$(BIN)/ruff check .
+	$(BIN)/mypy tth_server adapters tth_client
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev
