@@ -25,7 +25,8 @@ from tth_server.limits import Limits
 from tth_server.media import AudioChunk, RenderRequest, RenderSettings, VideoFrame
 from tth_server.personas import PersonaCatalog
 from tth_server.pipeline import Pacer, SegmentPolicy, Stages, TurnPipeline, TurnRequest, TurnRun
-from tth_server.session import Session, SessionTable
+from tth_server.session import Session
+from tth_server.sessions import SessionTable
 from tth_server.store import make_store
 
 _LEADS = {"low": 0.5, "balanced": 1.0, "quality": 2.0}  # multiples of session.max_lead_ms
