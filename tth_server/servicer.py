@@ -88,9 +88,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             await _abort(context, STATUS_CODES[session.ended.code], session.ended.message)
 
     async def _admit(self, context: grpc.aio.ServicerContext) -> str:
-        """The caller's key id, unless the server is shutting down (limits are checked once the config is read)."""
-        if self.runtime.draining:
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+        """The caller's key id (shutdown and limits are checked once the config is read)."""
         return self.runtime.keys.identify(context.invocation_metadata()) or ANONYMOUS
 
     @staticmethod
@@ -161,6 +159,10 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"no config within {timeout:g} s; the first ConverseRequest must set config",
             )
+        # Refusals come after the first message is read: a client still writing its config when the
+        # call ends would otherwise see its own transport error instead of this status.
+        if self.runtime.draining:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
         if isinstance(first, Malformed):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, first.message("the first ConverseRequest"))
         arm = first.WhichOneof("request")
@@ -206,6 +208,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             async for request in requests:
                 session.last_request = time.monotonic()
                 await self._handle(request, session, key)
+                await asyncio.sleep(0)  # a turn just started runs before this task asks gRPC for the next request
         except Exception as exc:  # the call broke; gRPC ends it, and the session waits for a resume
             log.info("reading the stream failed", error=f"{type(exc).__name__}: {exc}")
             return
