@@ -7,6 +7,15 @@ Control events (started, terminal events, errors) are never dropped and never
 wait. `purge(turn_id)` removes a turn's queued events, so nothing of an
 interrupted turn is sent after its `turn_interrupted`.
 
+Until the reader has taken a turn's first audio, a producer that queues text
+or audio lets the reader run before it goes on, so the first text and the
+first audio leave at once (time to first audio is the headline number). After that,
+producers run on: audio chunks that queue up behind each other (the pacer
+releases a few frames' worth at a time, and a turn starts with a lead's worth)
+leave as one event of up to `MAX_AUDIO_MS`, contiguous on the turn's clock,
+because each event costs the server and the client one gRPC message, whatever
+its size. Nothing waits to be merged; only what is already queued is.
+
 A `ReplayBuffer` holds the last events a session sent, numbered by the session's
 `seq`, so a stream that resumes the session after a dropped connection gets
 exactly what its client missed.
@@ -19,16 +28,20 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 from tth_server.events import AudioOut, Event, TextOut, TurnCompleted, VideoOut
+from tth_server.media import AudioChunk
+
+MAX_AUDIO_MS = 200.0  # the longest audio event made by merging queued chunks
 
 
 class Outbox:
     def __init__(self, capacity: int = 256) -> None:
         self._capacity = capacity
         self._items: deque[Event] = deque()
-        self._readable = asyncio.Event()
+        self._readers: list[asyncio.Future[None]] = []  # `get`s waiting for an event (a plain list: hot path)
         self._writable = asyncio.Event()
         self._writable.set()
         self._closed = False
+        self._heard = ""  # the last turn whose audio the reader has taken
         self.dropped: Counter[str] = Counter()  # video frames dropped, by turn id
 
     def __len__(self) -> int:
@@ -40,7 +53,8 @@ class Outbox:
             self._writable.clear()
             await self._writable.wait()
         self._append(event)
-        await asyncio.sleep(0)
+        if event.turn_id != self._heard:
+            await asyncio.sleep(0)  # until the turn's first audio is out, let the reader go first
 
     def offer_video(self, event: VideoOut) -> bool:
         """Queue a frame, or drop and count it when the queue is full."""
@@ -70,7 +84,7 @@ class Outbox:
     def close(self) -> None:
         """No more events will come; `get` returns None once the queue is empty."""
         self._closed = True
-        self._readable.set()
+        self._wake_readers()
         self._writable.set()
 
     @property
@@ -79,24 +93,59 @@ class Outbox:
 
     def wake_reader(self) -> None:
         """Make a waiting `get` look at its `reading` callback again (its stream is being replaced)."""
-        self._readable.set()
+        self._wake_readers()
 
     async def get(self, reading: Callable[[], bool] | None = None) -> Event | None:
         """The next event; None once closed and empty, or as soon as `reading()` turns False."""
         while not self._items:
             if self._closed or (reading is not None and not reading()):
                 return None
-            self._readable.clear()
-            await self._readable.wait()
+            waiter = asyncio.get_running_loop().create_future()
+            self._readers.append(waiter)
+            await waiter
         if reading is not None and not reading():
             return None
         event = self._items.popleft()
+        if type(event) is AudioOut:
+            self._heard = event.turn_id
+            if self._items and type(self._items[0]) is AudioOut:
+                event = self._merge_audio(event)
         self._wake_writers()
         return event
 
+    def _merge_audio(self, first: AudioOut) -> AudioOut:
+        """`first` and the audio queued right behind it, of the same turn and contiguous, as one event."""
+        chunk = first.chunk
+        parts, marks, end = [chunk.pcm], list(chunk.marks), chunk.end_ms
+        while self._items:
+            nxt = self._items[0]
+            if type(nxt) is not AudioOut or nxt.turn_id != first.turn_id:
+                break
+            c = nxt.chunk
+            if c.sample_rate_hz != chunk.sample_rate_hz or abs(c.timestamp_ms - end) > 0.01:
+                break
+            if c.end_ms - chunk.timestamp_ms > MAX_AUDIO_MS:
+                break
+            self._items.popleft()
+            parts.append(c.pcm)
+            marks.extend(c.marks)
+            end = c.end_ms
+        if len(parts) == 1:
+            return first
+        return AudioOut(
+            first.turn_id, AudioChunk(b"".join(parts), chunk.sample_rate_hz, chunk.timestamp_ms, tuple(marks))
+        )
+
     def _append(self, event: Event) -> None:
         self._items.append(event)
-        self._readable.set()
+        if self._readers:
+            self._wake_readers()
+
+    def _wake_readers(self) -> None:
+        readers, self._readers = self._readers, []
+        for waiter in readers:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _wake_writers(self) -> None:
         if len(self._items) < self._capacity:

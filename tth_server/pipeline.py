@@ -110,11 +110,15 @@ class Pacer:
     """Holds media back to at most `lead_ms` ahead of real time on the turn's clock.
 
     The clock's zero is the moment the first audio chunk is released. With
-    `lead_ms=None` nothing is held back.
+    `lead_ms=None` nothing is held back. A stage that must wait sleeps a fifth of
+    the lead longer than it needs to, so it wakes once per few frames and releases
+    them together, rather than once per frame: media stays between 4/5 of the
+    lead and the lead ahead, and the server wakes several times less often.
     """
 
     def __init__(self, lead_ms: float | None) -> None:
         self._lead_s = None if lead_ms is None else lead_ms / 1000
+        self._slack_s = 0.0 if lead_ms is None else lead_ms / 5000
         self.zero: float | None = None
 
     async def wait(self, timestamp_ms: float) -> None:
@@ -126,7 +130,7 @@ class Pacer:
             return
         delay = self.zero + timestamp_ms / 1000 - self._lead_s - now
         if delay > 0:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay + self._slack_s)
 
     def elapsed_ms(self) -> float:
         return 0.0 if self.zero is None else (time.monotonic() - self.zero) * 1000
@@ -256,9 +260,9 @@ class TurnPipeline:
         audio: asyncio.Queue[AvatarInput | None] = asyncio.Queue(maxsize=8)
         llm_request = LLMRequest(prompt, request.user_text, request.history, controls)
         async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(metrics.stage("llm", self._write(run, llm, llm_request, sink, segments)))
             tasks.create_task(metrics.stage("tts", self._speak(run, tts, report, sink, segments, audio)))
             tasks.create_task(metrics.stage("avatar", self._animate(run, sink, audio)))
-            tasks.create_task(metrics.stage("llm", self._write(run, llm, llm_request, sink, segments)))
 
     async def _write(
         self,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,11 +158,26 @@ async def serve(config: Config, listen: str | None = None) -> RunningServer:
     return running
 
 
+def tune_for_serving() -> None:
+    """Process-wide settings for a process that serves; call it once the server is up.
+
+    CPython collects its youngest generation every 700 net new objects by default.
+    A busy server makes a few objects per media event, nearly all freed by reference
+    counting, and spent 5-10% of its CPU in collections that found almost nothing;
+    with these settings it collects about 14 times less often (measured: 280 stub
+    sessions went from 22% of frames late to 2%). What exists at start (modules,
+    adapters, caches) is frozen out of every collection.
+    """
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 50)
+
+
 async def run_until_signalled(config: Config, listen: str | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     import signal
 
     running = await serve(config, listen)
+    tune_for_serving()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
