@@ -116,9 +116,14 @@ async def test_memory_and_open_files_stay_flat_over_many_sessions_and_turns(tmp_
         "MALLOC_ARENA_MAX": "2",
         "TTH_SESSION__REPLAY_BYTES": "262144",
         # Short replies in few, large events: the soak is about sessions and turns coming and going.
-        "TTH_COMPONENTS__LLM__OPTIONS__REPLY": "Hello there, my friend. Nice to hear from you.",
+        # A whole turn (about 60 KB) fits the replay cap several times over, so a resume stays
+        # lossless even when the server has pushed all of the turn before the client's drop lands.
+        "TTH_COMPONENTS__LLM__OPTIONS__REPLY": "Hello there, my friend.",
         "TTH_COMPONENTS__TTS__OPTIONS__CHUNK_MS": "200",
+        "TTH_COMPONENTS__TTS__OPTIONS__SAMPLE_RATE_HZ": "16000",
         "TTH_RENDER__FPS": "10",
+        "TTH_RENDER__WIDTH": "128",
+        "TTH_RENDER__HEIGHT": "128",
     }
     args = [sys.executable, "-m", "tth_server.cli", "--profile", "mock", "--listen", "127.0.0.1:0"]
     log_path = tmp_path / "server.log"
