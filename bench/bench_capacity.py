@@ -46,7 +46,7 @@ from typing import Any
 
 import grpc
 
-from bench.common import NO_LIMITS, Row, channel, children, cpu_seconds, merge, report, server
+from bench.common import CONFIG, NO_LIMITS, Row, channel, children, cpu_seconds, media, merge, report, server
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
 
@@ -104,7 +104,7 @@ async def one_session(target: str | grpc.aio.Channel, delay_s: float) -> Session
         async with contextlib.AsyncExitStack() as stack:
             ch = target if not isinstance(target, str) else await stack.enter_async_context(channel(target))
             requests = [
-                pb.ConverseRequest(config=pb.SessionConfig()),
+                CONFIG,
                 pb.ConverseRequest(text=pb.UserText(text="Tell me about the harbour.")),
             ]
             asked = time.perf_counter()
@@ -116,22 +116,23 @@ async def one_session(target: str | grpc.aio.Channel, delay_s: float) -> Session
                 arm = event.WhichOneof("event")
                 if arm == "started":
                     asked = now  # the text went right behind the config
-                elif arm == "audio":
-                    if zero is None:
-                        zero = now
-                        result.first_audio_ms = (now - asked) * 1000
-                    late = (now - zero) * 1000 - event.audio.timestamp_ms
-                    result.audio += 1
-                    result.audio_late += late > TOLERANCE_MS
-                    result.worst_ms = max(result.worst_ms, late)
-                elif arm == "video":
-                    v = event.video
-                    late = (now - (zero or now)) * 1000 - v.timestamp_ms
-                    result.frames += 1
-                    result.frames_late += late > TOLERANCE_MS
-                    result.frames_missing += v.frame_index - next_index  # dropped for a slow reader
-                    next_index = v.frame_index + 1
-                    result.worst_ms = max(result.worst_ms, late)
+                elif arm in ("media", "audio", "video"):
+                    audio, video = media(event)
+                    for a in audio:
+                        if zero is None:
+                            zero = now
+                            result.first_audio_ms = (now - asked) * 1000
+                        late = (now - zero) * 1000 - a.timestamp_ms
+                        result.audio += 1
+                        result.audio_late += late > TOLERANCE_MS
+                        result.worst_ms = max(result.worst_ms, late)
+                    for v in video:
+                        late = (now - (zero or now)) * 1000 - v.timestamp_ms
+                        result.frames += 1
+                        result.frames_late += late > TOLERANCE_MS
+                        result.frames_missing += v.frame_index - next_index  # dropped for a slow reader
+                        next_index = v.frame_index + 1
+                        result.worst_ms = max(result.worst_ms, late)
                 elif arm == "turn_complete":
                     m = event.turn_complete.metrics
                     result.frames_missing += max(0, m.frames + m.frames_dropped - next_index)

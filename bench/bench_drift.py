@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from bench.common import NO_LIMITS, Row, channel, merge, report, server
+from bench.common import CONFIG, NO_LIMITS, Row, channel, media, merge, report, server
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
 
@@ -58,19 +58,16 @@ async def long_turn(target: str, reply_chars: int) -> Turn:
     turn = Turn()
     async with channel(target) as ch:
         call = pb_grpc.ConversationServiceStub(ch).Converse()
-        await call.write(pb.ConverseRequest(config=pb.SessionConfig()))
+        await call.write(CONFIG)
         await call.read()
         await call.write(pb.ConverseRequest(text=pb.UserText(text=f"Tell me about the harbour ({reply_chars}).")))
         while (event := await call.read()) is not grpc.aio.EOF:
             now = time.perf_counter()
             arm = event.WhichOneof("event")
-            if arm == "video":
-                v = event.video
-                turn.frames.append((now, v.timestamp_ms, v.frame_index, v.drift_ms))
-            elif arm == "audio":
-                a = event.audio
-                turn.audio.append((now, a.timestamp_ms, a.duration_ms))
-            elif arm == "turn_complete":
+            audio, video = media(event)
+            turn.frames += [(now, v.timestamp_ms, v.frame_index, v.drift_ms) for v in video]
+            turn.audio += [(now, a.timestamp_ms, a.duration_ms) for a in audio]
+            if arm == "turn_complete":
                 turn.metrics = event.turn_complete.metrics
                 break
             elif arm in ("turn_interrupted", "error"):

@@ -26,7 +26,19 @@ from collections.abc import Sequence
 
 import grpc
 
-from bench.common import NO_LIMITS, Row, channel, echo_server, median, merge, percentile, report, round_trips, server
+from bench.common import (
+    CONFIG,
+    NO_LIMITS,
+    Row,
+    channel,
+    echo_server,
+    median,
+    merge,
+    percentile,
+    report,
+    round_trips,
+    server,
+)
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
 
@@ -65,7 +77,7 @@ class Stream:
             if turn in self.ended:
                 self.violations += 1  # an event of a turn after its terminal event
                 continue
-            if arm in ("audio", "video"):
+            if arm in ("media", "audio", "video"):
                 self.media[turn] += 1
                 self.first_media[turn].set()
             elif arm in ("turn_complete", "turn_interrupted", "error"):
@@ -78,7 +90,7 @@ async def interrupts(target: str, turns: int, seed: int = 7) -> tuple[list[float
     rng = random.Random(seed)
     async with channel(target) as ch:
         call = pb_grpc.ConversationServiceStub(ch).Converse()
-        await call.write(pb.ConverseRequest(config=pb.SessionConfig()))
+        await call.write(CONFIG)
         await call.read()
         stream = Stream(call)
         reader = asyncio.create_task(stream.read())

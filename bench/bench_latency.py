@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import grpc
 
 from bench import fakes
-from bench.common import NO_LIMITS, Row, channel, echo_server, median, merge, report, round_trips, server
+from bench.common import CONFIG, NO_LIMITS, Row, channel, echo_server, media, median, merge, report, round_trips, server
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
 from tth_server.segmenter import Segmenter
@@ -84,7 +84,7 @@ async def first_audio(target: str, turns: int, warmup: int = 10, text: str = "He
     """`turns` timed turns on one stream, each interrupted once its first audio arrived."""
     async with channel(target) as ch:
         call = pb_grpc.ConversationServiceStub(ch).Converse()
-        await call.write(pb.ConverseRequest(config=pb.SessionConfig()))
+        await call.write(CONFIG)
         await call.read()
         say = pb.ConverseRequest(text=pb.UserText(text=text))
         stop = pb.ConverseRequest(interrupt=pb.Interrupt())
@@ -92,7 +92,7 @@ async def first_audio(target: str, turns: int, warmup: int = 10, text: str = "He
         for i in range(warmup + turns):
             started = time.perf_counter()
             await call.write(say)
-            while (event := await call.read()).WhichOneof("event") != "audio":
+            while not media(event := await call.read())[0]:
                 if event.WhichOneof("event") in ("turn_complete", "turn_interrupted", "error"):
                     raise RuntimeError(f"turn ended before its first audio: {event}")
             took = (time.perf_counter() - started) * 1000

@@ -25,8 +25,7 @@ from multiprocessing.connection import Connection
 
 import grpc
 
-from bench.common import NO_LIMITS, Row, echo_server, report, rss_bytes, server
-from tth_client.v1 import conversation_pb2 as pb
+from bench.common import CONFIG, NO_LIMITS, Row, echo_server, report, rss_bytes, server
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
 
 CONNECTIONS = 8
@@ -48,7 +47,7 @@ def _hold(target: str, sessions: int, echo: bool, per_session_connection: bool, 
                 await call.read()
             else:
                 call = pb_grpc.ConversationServiceStub(ch).Converse()
-                await call.write(pb.ConverseRequest(config=pb.SessionConfig()))
+                await call.write(CONFIG)
                 await call.read()
             calls.append(call)
         pipe.send("open")

@@ -2,20 +2,26 @@
 
     .venv/bin/python -m bench.bench_wire [--sessions 30] [--seconds 10]
 
-The same workload goes to two servers in turn, each in its own process and
+The same workload goes to several servers in turn, each in its own process and
 each running the same TTH runtime (same profile, pipeline, pacing, events): the
-gRPC server, and `bench.ws_baseline`, the seeds' WebSocket transport with JSON
-events and base64 media. `--sessions` sessions run at once, each one turn of
-about `--seconds` of speech, paced in real time. Every byte between clients
-and server passes a counting TCP proxy (both directions, HTTP/2 or WebSocket
-framing included, TCP/IP headers not); server CPU is the server process's (and
-its children's) user + system time over the run. Both are divided by the
-seconds of audio the clients received.
+gRPC server, its streams asking for batched media as the SDK does
+(`SessionConfig.batch_media`), and `bench.ws_baseline`, the seeds' WebSocket
+transport with JSON events and base64 media, one event per message, as seed 000
+writes it (a WebSocket route sending `model_dump_json()`, served by
+uvicorn[standard]). `--sessions` sessions run at once, each one turn of about
+`--seconds` of speech, paced in real time. Every byte between clients and
+server passes a counting TCP proxy (both directions, HTTP/2 or WebSocket framing
+included, TCP/IP headers not); server CPU is the server process's (and its
+children's) user + system time over the run. Both are divided by the seconds of
+audio the clients received. Ours and the baseline run `--repeats` times,
+alternating, and the median is reported (CPU figures move by 10-20% from run to
+run on a shared machine).
 
 Two media sets: stub media (the stub avatar's 256 px JPEGs, a 24 kHz tone) and
-the `local` profile (espeak-ng at 22.05 kHz, the face's 256 px JPEGs). A third
-baseline row, for the record: the WebSocket with permessage-deflate, which
-uvicorn (the seeds' server) negotiates by default. And the floor: both
+the `local` profile (espeak-ng at 22.05 kHz, the face's 256 px JPEGs). For the
+record, once each: gRPC with one event per message, the baseline on the bare
+`websockets` library (no uvicorn, no uvloop), and the baseline with
+permessage-deflate, which uvicorn negotiates by default. And the floor: both
 transports alone, with no application behind them (`bench.floor`).
 """
 
@@ -87,17 +93,19 @@ class Proxy:
             writer.close()
 
 
-async def grpc_session(port: int, delay: float) -> float:
+async def grpc_session(port: int, delay: float, batch: bool) -> float:
     """One turn over gRPC; returns the ms of audio received."""
     await asyncio.sleep(delay)
     audio_ms = 0.0
     async with channel(f"127.0.0.1:{port}") as ch:
         call = pb_grpc.ConversationServiceStub(ch).Converse()
-        await call.write(pb.ConverseRequest(config=pb.SessionConfig()))
+        await call.write(pb.ConverseRequest(config=pb.SessionConfig(batch_media=batch)))
         await call.write(pb.ConverseRequest(text=pb.UserText(text="Tell me about the harbour.")))
         while (event := await call.read()) is not grpc.aio.EOF:
             arm = event.WhichOneof("event")
-            if arm == "audio":
+            if arm == "media":
+                audio_ms += sum(chunk.duration_ms for chunk in event.media.audio)
+            elif arm == "audio":
                 audio_ms += event.audio.duration_ms
             elif arm in ("turn_complete", "turn_interrupted", "error"):
                 break
@@ -111,7 +119,8 @@ async def ws_session(port: int, delay: float, deflate: bool) -> float:
     await asyncio.sleep(delay)
     audio_ms = 0.0
     compression = "deflate" if deflate else None
-    async with websockets.connect(f"ws://127.0.0.1:{port}", compression=compression, max_size=None) as ws:
+    url = f"ws://127.0.0.1:{port}/v1/sessions/stream"
+    async with websockets.connect(url, compression=compression, max_size=None) as ws:
         await ws.recv()
         await ws.send(json.dumps({"type": "user_text", "text": "Tell me about the harbour."}))
         async for raw in ws:
@@ -141,15 +150,15 @@ class Run:
 
 
 async def measure(profile: str, overrides: dict[str, Any], transport: str, sessions: int, ramp: float = 2.0) -> Run:
-    with server(profile, overrides, websocket="" if transport == "grpc" else transport) as srv:
+    with server(profile, overrides, websocket="" if transport.startswith("grpc") else transport) as srv:
         proxy = Proxy(srv.port)
         await proxy.start()
         delays = [ramp * i / sessions for i in range(sessions)]
         cpu0 = srv.cpu_seconds()
-        if transport == "grpc":
-            audio = await asyncio.gather(*(grpc_session(proxy.port, d) for d in delays))
+        if transport in ("grpc", "grpc-batched"):
+            audio = await asyncio.gather(*(grpc_session(proxy.port, d, transport == "grpc-batched") for d in delays))
         else:
-            audio = await asyncio.gather(*(ws_session(proxy.port, d, transport == "deflate") for d in delays))
+            audio = await asyncio.gather(*(ws_session(proxy.port, d, transport.endswith("+deflate")) for d in delays))
         await asyncio.sleep(0.2)
         cpu = srv.cpu_seconds() - cpu0
         await proxy.close()
@@ -166,20 +175,21 @@ def local(seconds: float) -> dict[str, Any]:
     return merge(NO_LIMITS, {"components": {"llm": {"adapter": "scripted", "options": {"reply": reply(seconds)}}}})
 
 
-async def run(sessions: int = 30, seconds: float = 10.0) -> list[Row]:
+async def run(sessions: int = 30, seconds: float = 10.0, repeats: int = 3) -> list[Row]:
     rows = []
     for name, profile, overrides in (("stub", "mock", stub(seconds)), ("local", "local", local(seconds))):
-        ours = await measure(profile, overrides, "grpc", sessions)
-        base = await measure(profile, overrides, "plain", sessions)
-        deflate = await measure(profile, overrides, "deflate", sessions) if name == "stub" else None
-        extra = (
-            f"; with permessage-deflate the baseline is {deflate.bytes_per_s / 1000:.0f} KB and "
-            f"{deflate.cpu_ms_per_s:.0f} ms CPU per s of media (ours {ours.bytes_per_s / deflate.bytes_per_s:.2f}x "
-            f"the bytes, {ours.cpu_ms_per_s / deflate.cpu_ms_per_s:.2f}x the CPU)"
-            if deflate
-            else ""
-        )
-        media = f"{sessions} sessions, {ours.media_s:.0f} s of media each way"
+        pairs = [
+            (
+                await measure(profile, overrides, "grpc-batched", sessions),
+                await measure(profile, overrides, "uvicorn", sessions),
+            )
+            for _ in range(repeats)
+        ]
+        ours = median_run([o for o, _ in pairs])
+        base = median_run([b for _, b in pairs])
+        others = {t: await measure(profile, overrides, t, sessions) for t in ("grpc", "websockets", "uvicorn+deflate")}
+        media = f"{sessions} sessions, {ours.media_s:.0f} s of media per run, median of {repeats} runs each"
+        deflate = others["uvicorn+deflate"]
         rows.append(
             Row(
                 f"6 bytes per s of media, {name}",
@@ -190,7 +200,8 @@ async def run(sessions: int = 30, seconds: float = 10.0) -> list[Row]:
                 baseline=base.bytes_per_s / 1000,
                 baseline_name="WS JSON+base64",
                 ratio=ours.bytes_per_s / base.bytes_per_s,
-                note=media + extra,
+                note=f"{media}; with permessage-deflate (uvicorn's default when the client offers it) the baseline is "
+                f"{deflate.bytes_per_s / 1000:.0f} KB and {deflate.cpu_ms_per_s:.1f} ms CPU per s of media",
             )
         )
         rows.append(
@@ -203,7 +214,11 @@ async def run(sessions: int = 30, seconds: float = 10.0) -> list[Row]:
                 baseline=base.cpu_ms_per_s,
                 baseline_name="WS JSON+base64",
                 ratio=ours.cpu_ms_per_s / base.cpu_ms_per_s,
-                note=f"whole server process, same pipeline behind both transports ({media})",
+                note=f"whole server process, same pipeline behind both; ours with batched media (the SDK's), "
+                f"against seed 000's route on uvicorn[standard]. Per-event gRPC (no batch_media): "
+                f"{others['grpc'].cpu_ms_per_s:.1f} ms; the baseline on the bare websockets library: "
+                f"{others['websockets'].cpu_ms_per_s:.1f} ms ({media})",
+                extra={"runs": [(o.cpu_ms_per_s, b.cpu_ms_per_s) for o, b in pairs]},
             )
         )
     grpc_us = await asyncio.to_thread(per_message_us, "grpc")
@@ -224,12 +239,18 @@ async def run(sessions: int = 30, seconds: float = 10.0) -> list[Row]:
     return rows
 
 
+def median_run(runs: list[Run]) -> Run:
+    """The run with the median CPU per second of media (its bytes come with it)."""
+    return sorted(runs, key=lambda r: r.cpu_ms_per_s)[len(runs) // 2]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of ours and the baseline, alternating")
     args = parser.parse_args(argv)
-    report("Bytes and CPU per second of media", asyncio.run(run(args.sessions, args.seconds)))
+    report("Bytes and CPU per second of media", asyncio.run(run(args.sessions, args.seconds, args.repeats)))
 
 
 if __name__ == "__main__":

@@ -25,11 +25,28 @@ from typing import Any
 
 import grpc
 
+from tth_client.v1 import conversation_pb2 as pb
+from tth_client.v1 import media_pb2 as mpb
+
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = {"log": {"level": "warning"}}
 # Admission limits are for production; a load test opens hundreds of anonymous sessions.
 NO_LIMITS = {"limits": {"max_sessions": 0, "max_sessions_per_key": 0, "turns_per_minute_per_key": 0}}
 TERMINAL = ("turn_complete", "turn_interrupted")
+# The first request of every benchmark stream: all defaults, media batched as the SDK asks for it.
+CONFIG = pb.ConverseRequest(config=pb.SessionConfig(batch_media=True))
+
+
+def media(event: pb.ConverseResponse) -> tuple[Sequence[mpb.AudioChunk], Sequence[mpb.VideoFrame]]:
+    """The audio chunks and video frames a response carries, batched (`media`) or one by one."""
+    arm = event.WhichOneof("event")
+    if arm == "media":
+        return event.media.audio, event.media.video
+    if arm == "audio":
+        return (event.audio,), ()
+    if arm == "video":
+        return (), (event.video,)
+    return (), ()
 
 
 def merge(*layers: dict[str, Any]) -> dict[str, Any]:
@@ -136,12 +153,15 @@ def server(
 ) -> Iterator[ServerProcess]:
     """Start a server in its own process(es) and stop it on exit; its log goes to a temporary file.
 
-    `websocket="plain"` or `"deflate"` starts the seeds' WebSocket baseline (`bench.ws_baseline`) instead.
+    `websocket="uvicorn"` or `"websockets"` starts the seeds' WebSocket baseline (`bench.ws_baseline`) instead,
+    on that server; `"uvicorn+deflate"` with permessage-deflate.
     """
     log = Path(tempfile.mkstemp(prefix="tth-bench-", suffix=".log")[1])
     config = ["--profile", profile, "--bench-fakes", "--overrides", json.dumps(merge(QUIET, overrides or {}))]
     if websocket:
-        args = [sys.executable, "-m", "bench.ws_baseline", *config, *(["--deflate"] if websocket == "deflate" else [])]
+        kind, _, deflate = websocket.partition("+")
+        args = [sys.executable, "-m", "bench.ws_baseline", "--server", kind, *config]
+        args += ["--deflate"] if deflate else []
     else:
         args = [sys.executable, "-m", "bench.serve", "--listen", listen, "--workers", str(workers), *config]
     with open(log, "w") as err:

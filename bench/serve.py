@@ -76,7 +76,12 @@ def _worker(args: argparse.Namespace, index: int, listen: str, ready: Queue[tupl
         fakes.register()
     config = _config(args, index)
     configure(config.log)
-    asyncio.run(_run(config, listen, ready))
+    if os.environ.get("TTH_UVLOOP"):
+        import uvloop
+
+        uvloop.run(_run(config, listen, ready))
+    else:
+        asyncio.run(_run(config, listen, ready))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """The baseline transport for target 6: the seeds' WebSocket stream, JSON events with base64 media.
 
-    python -m bench.ws_baseline [--profile mock] [--overrides JSON] [--deflate]   # prints "READY <port> <pid>"
+    python -m bench.ws_baseline [--server uvicorn|websockets] [--profile mock] [--overrides JSON] [--deflate]
+    # prints "READY <port> <pid>"
 
 Minimal on purpose, and in the style of seed 000 (`WS /v1/sessions/{id}/stream`):
 one WebSocket per session; the client sends `{"type": "user_text", "text": ...}`
@@ -17,6 +18,10 @@ serializer is the cheapest way to produce this JSON (about 6 us for a 4 KB
 frame, against 15 us for json.dumps plus base64.b64encode), so the baseline is
 not made slower than it need be. No per-message compression unless `--deflate`
 (uvicorn negotiates permessage-deflate by default; the table reports both).
+
+Two servers: `uvicorn` (the default) runs the route as seed 000 deploys it, on
+uvicorn[standard] with uvloop; `websockets` serves it with the websockets
+library alone on asyncio's own loop, for the record.
 """
 
 from __future__ import annotations
@@ -26,12 +31,18 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from typing import Any, Literal
 
+import uvicorn
 import websockets
 from pydantic import BaseModel, ConfigDict
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from tth_server.config import load_config
 from tth_server.controls import ControlPatch
@@ -40,6 +51,7 @@ from tth_server.events import (
     ErrorOut,
     Event,
     InterruptReason,
+    MediaBatch,
     TextOut,
     TurnCompleted,
     TurnInterrupted,
@@ -178,7 +190,7 @@ def to_json(event: Event, session_id: str, seq: int) -> str | None:
     return None
 
 
-async def _session(runtime: Runtime, ws: Any) -> None:
+async def _session(runtime: Runtime, send: Callable[[str], Awaitable[None]], received: AsyncIterator[str]) -> None:
     session = runtime.new_session("", ControlPatch(), RenderRequest(), "config")
     attachment = await runtime.sessions.open(session)
 
@@ -193,17 +205,18 @@ async def _session(runtime: Runtime, ws: Any) -> None:
         persona_id=event.persona_id,
         persona_name=event.persona_name,
     )
-    await ws.send(started.model_dump_json())
+    await send(started.model_dump_json())
 
     async def send_loop() -> None:
-        while (item := await session.next_event(attachment)) is not None:
+        while (item := await session.next_event(attachment)) is not None:  # one event at a time: no batches
+            assert not isinstance(item[1], MediaBatch)
             text = to_json(item[1], session.id, item[0])
             if text is not None:
-                await ws.send(text)
+                await send(text)
 
     sender = asyncio.get_running_loop().create_task(send_loop())
     try:
-        async for raw in ws:
+        async for raw in received:
             message = json.loads(raw)
             if message.get("type") == "user_text":
                 await session.say(str(message["text"]), ControlPatch())
@@ -217,15 +230,12 @@ async def _session(runtime: Runtime, ws: Any) -> None:
         await runtime.sessions.end(session)
 
 
-async def _main(profile: str, overrides: dict[str, Any], deflate: bool) -> None:
-    config = load_config(profile, overrides=overrides or None)
-    configure(config.log)
-    runtime = Runtime(config)
-    await runtime.start()
+async def _serve_websockets(runtime: Runtime, deflate: bool) -> None:
+    """The baseline on the `websockets` library alone: the cheapest WebSocket server there is for Python."""
 
     async def handler(ws: Any) -> None:
         with contextlib.suppress(websockets.ConnectionClosed):
-            await _session(runtime, ws)
+            await _session(runtime, ws.send, ws)
 
     async with websockets.serve(
         handler, "127.0.0.1", 0, compression="deflate" if deflate else None, max_size=None
@@ -235,11 +245,53 @@ async def _main(profile: str, overrides: dict[str, Any], deflate: bool) -> None:
         await asyncio.Future()
 
 
+def _serve_uvicorn(profile: str, overrides: dict[str, Any], deflate: bool) -> None:
+    """The baseline as seed 000 writes it: a WebSocket route sending `model_dump_json()` per event, on
+    uvicorn with its `standard` extras (uvloop, httptools, websockets), as `uvicorn app:app` runs it. The
+    seed's route is FastAPI's, which is Starlette's WebSocket with dependency injection at connect time;
+    per message they are the same code, so the app here is Starlette's (FastAPI would also bring in
+    opentelemetry-api, which would switch TTH's own tracing on in this environment)."""
+    runtime: Runtime | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        nonlocal runtime
+        runtime = await _runtime(profile, overrides)
+        print(f"READY {port} {os.getpid()}", flush=True)
+        yield
+
+    async def session_stream(ws: WebSocket) -> None:
+        assert runtime is not None
+        await ws.accept()
+        with contextlib.suppress(WebSocketDisconnect):
+            await _session(runtime, ws.send_text, ws.iter_text())
+
+    app = Starlette(routes=[WebSocketRoute("/v1/sessions/stream", session_stream)], lifespan=lifespan)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", ws_per_message_deflate=deflate, ws_max_size=1 << 30)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+async def _runtime(profile: str, overrides: dict[str, Any]) -> Runtime:
+    config = load_config(profile, overrides=overrides or None)
+    configure(config.log)
+    runtime = Runtime(config)
+    await runtime.start()
+    return runtime
+
+
+async def _main_websockets(profile: str, overrides: dict[str, Any], deflate: bool) -> None:
+    await _serve_websockets(await _runtime(profile, overrides), deflate)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ws_baseline", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="mock")
     parser.add_argument("--overrides", default="")
     parser.add_argument("--deflate", action="store_true", help="negotiate permessage-deflate")
+    parser.add_argument("--server", choices=("uvicorn", "websockets"), default="uvicorn")
     parser.add_argument("--bench-fakes", action="store_true", help="register the bench adapters")
     args = parser.parse_args()
     if args.bench_fakes:
@@ -247,7 +299,11 @@ def main() -> int:
 
         fakes.register()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_main(args.profile, json.loads(args.overrides) if args.overrides else {}, args.deflate))
+        overrides = json.loads(args.overrides) if args.overrides else {}
+        if args.server == "uvicorn":
+            _serve_uvicorn(args.profile, overrides, args.deflate)
+        else:
+            asyncio.run(_main_websockets(args.profile, overrides, args.deflate))
     return 0
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import tth_client
 from tth_client import _exceptions
-from tth_client._events import event_from_generate, event_from_response
+from tth_client._events import AudioEvent, VideoEvent, event_from_generate, events_from_response
 from tth_client.v1 import controls_pb2 as cpb
 from tth_client.v1 import conversation_pb2 as pb
 
@@ -48,17 +48,23 @@ def test_every_sdk_exception_is_a_tth_error_and_is_drawn_in_the_tree() -> None:
 
 def test_every_event_arm_of_both_streams_has_an_event_class() -> None:
     streams: list[tuple[Any, Any]] = [
-        (pb.ConverseResponse, event_from_response),
-        (pb.GenerateResponse, event_from_generate),
+        (pb.ConverseResponse, events_from_response),
+        (pb.GenerateResponse, lambda response: [event_from_generate(response)]),
     ]
     for message, convert in streams:
         for field in message.DESCRIPTOR.oneofs_by_name["event"].fields:
             name = field.message_type.name
+            if name == "MediaBatch":  # unpacked into the events of the arms it batches
+                batch = _media_message(name)(
+                    audio=[_media_message("AudioChunk")()], video=[_media_message("VideoFrame")()]
+                )
+                events = convert(message(turn_id="t-1", seq=2, media=batch))
+                assert [(type(e), e.seq) for e in events] == [(AudioEvent, 1), (VideoEvent, 2)]
+                continue
             payload = getattr(pb, name, None) or _media_message(name)
-            response = message(turn_id="t-1", seq=1, **{field.name: payload()})
-            event = convert(response)
-            assert event is not None, f"{message.__name__}.{field.name} has no event class"
-            assert getattr(event, field.name) == payload() and event.turn_id == "t-1"
+            events = convert(message(turn_id="t-1", seq=1, **{field.name: payload()}))
+            assert len(events) == 1 and events[0] is not None, f"{message.__name__}.{field.name} has no event class"
+            assert getattr(events[0], field.name) == payload() and events[0].turn_id == "t-1"
 
 
 def _media_message(name: str) -> type:

@@ -29,6 +29,7 @@ from tth_client._events import (
     TurnCompleteEvent,
     TurnInterruptedEvent,
     VideoEvent,
+    events_from_response,
 )
 from tth_client._exceptions import (
     AuthenticationError,
@@ -86,6 +87,7 @@ __all__ = [
     "TurnResult",
     "VideoEvent",
     "__version__",
+    "events_from_response",
     "render_options",
     "save",
     "turn_control",

@@ -32,6 +32,7 @@ __all__ = [
     "VideoEvent",
     "event_from_generate",
     "event_from_response",
+    "events_from_response",
 ]
 
 
@@ -155,6 +156,28 @@ def event_from_response(response: pb.ConverseResponse) -> Event | None:
     if cls is None:
         return None
     return cls(response.session_id, response.turn_id, response.seq, getattr(response, arm))  # type: ignore[arg-type]
+
+
+def events_from_response(response: pb.ConverseResponse) -> list[Event]:
+    """The events of a `ConverseResponse`: one, or for a `media` batch of n items an `AudioEvent` per chunk
+    and a `VideoEvent` per frame in order on the media clock (audio first at equal times), numbered
+    `seq - n + 1` to `seq` as the session numbered them; none for an arm this SDK version does not know."""
+    if response.WhichOneof("event") != "media":
+        event = event_from_response(response)
+        return [] if event is None else [event]
+    items: list[mpb.AudioChunk | mpb.VideoFrame] = [*response.media.audio, *response.media.video]
+    media = sorted(items, key=_media_time)  # stable: audio first
+    sid, tid, first = response.session_id, response.turn_id, response.seq - len(media) + 1
+    return [
+        AudioEvent(sid, tid, first + i, item)
+        if isinstance(item, mpb.AudioChunk)
+        else VideoEvent(sid, tid, first + i, item)
+        for i, item in enumerate(media)
+    ]
+
+
+def _media_time(item: mpb.AudioChunk | mpb.VideoFrame) -> float:
+    return item.timestamp_ms
 
 
 def event_from_generate(response: pb.GenerateResponse) -> Event | None:

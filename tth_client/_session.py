@@ -29,7 +29,14 @@ import grpc
 
 from tth_client._channel import ChannelOptions, Connection
 from tth_client._controls import Controls, turn_control
-from tth_client._events import ErrorEvent, Event, StartedEvent, event_from_response, is_terminal
+from tth_client._events import (
+    ErrorEvent,
+    Event,
+    StartedEvent,
+    event_from_response,
+    events_from_response,
+    is_terminal,
+)
 from tth_client._exceptions import (
     ClosedError,
     ConnectError,
@@ -135,6 +142,7 @@ class Session:
             persona_id=persona or "",
             default_control=default_control,
             render=render,
+            batch_media=True,  # the same events in several times fewer messages; unpacked in _dispatch
         )
         self._open_timeout_s = open_timeout_s
         self._reconnect = reconnect
@@ -246,7 +254,7 @@ class Session:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._reconnect_timeout_s
         delay = 0.05
-        config = pb.SessionConfig(session_id=self.session_id, resume_after_seq=self._last_seq)
+        config = pb.SessionConfig(session_id=self.session_id, resume_after_seq=self._last_seq, batch_media=True)
         while loop.time() < deadline and not self._closing:
             try:
                 self._call, event = await self._connect(config)
@@ -440,9 +448,10 @@ class Session:
             if response.seq <= self._last_seq:
                 return  # already delivered before a resume
             self._last_seq = response.seq
-        event = event_from_response(response)
-        if event is None:  # an event kind newer than this SDK
-            return
+        for event in events_from_response(response):  # none for an event kind newer than this SDK
+            self._deliver(event)
+
+    def _deliver(self, event: Event) -> None:
         self._publish(event)
         if event.turn_id:
             turn = self._turns.get(event.turn_id)

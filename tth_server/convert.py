@@ -18,8 +18,10 @@ from tth_server.events import (
     ErrorOut,
     Event,
     InterruptReason,
+    MediaBatch,
     Notice,
     NoticeKind,
+    Outgoing,
     Started,
     TextOut,
     TurnCompleted,
@@ -288,8 +290,16 @@ def started_proto(event: Started, session_id: str) -> pb.SessionStarted:
     )
 
 
-def converse_response(event: Event, session_id: str, seq: int) -> pb.ConverseResponse:
-    if isinstance(event, VideoOut | AudioOut):  # the hot path, about 50 a second per session: fill in place
+def converse_response(event: Outgoing, session_id: str, seq: int) -> pb.ConverseResponse:
+    if isinstance(event, MediaBatch):  # the hot path on a batching stream: fill in place
+        response = pb.ConverseResponse(session_id=session_id, turn_id=event.turn_id, seq=seq)
+        media = response.media
+        for chunk in event.audio:
+            _fill_audio(media.audio.add(), chunk)
+        for frame in event.video:
+            _fill_frame(media.video.add(), frame)
+        return response
+    if isinstance(event, VideoOut | AudioOut):  # the hot path, about 30 a second per session: fill in place
         return _media_response(event, session_id, seq)
     if isinstance(event, Started):
         return pb.ConverseResponse(session_id=session_id, seq=seq, started=started_proto(event, session_id))

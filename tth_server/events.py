@@ -107,6 +107,15 @@ class VideoOut:
 
 
 @dataclass(frozen=True, slots=True)
+class MediaBatch:
+    """Consecutive media events of one turn, sent as one message on a stream that asked for batches."""
+
+    turn_id: str
+    audio: tuple[AudioChunk, ...]
+    video: tuple[VideoFrame, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TurnCompleted:
     turn_id: str
     metrics: TurnMetrics
@@ -145,4 +154,5 @@ class Notice:
 
 
 Event = Started | TextOut | AudioOut | VideoOut | TurnCompleted | TurnInterrupted | ErrorOut | Notice
+Outgoing = Event | MediaBatch  # what a stream sends: an event, or several media events as one
 MEDIA = (AudioOut, VideoOut)

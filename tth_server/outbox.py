@@ -14,7 +14,9 @@ producers run on: audio chunks that queue up behind each other (the pacer
 releases a few frames' worth at a time, and a turn starts with a lead's worth)
 leave as one event of up to `MAX_AUDIO_MS`, contiguous on the turn's clock,
 because each event costs the server and the client one gRPC message, whatever
-its size. Nothing waits to be merged; only what is already queued is.
+its size. Nothing waits to be merged; only what is already queued is. A stream
+that batches media goes further with `get_media_nowait`: it takes the media
+queued behind an event into the same message (`Session.next_event`).
 
 A `ReplayBuffer` holds the last events a session sent, numbered by the session's
 `seq`, so a stream that resumes the session after a dropped connection gets
@@ -31,6 +33,9 @@ from tth_server.events import AudioOut, Event, TextOut, TurnCompleted, VideoOut
 from tth_server.media import AudioChunk
 
 MAX_AUDIO_MS = 200.0  # the longest audio event made by merging queued chunks
+# A stream that batches media takes the media queued behind an event into one message, up to:
+MAX_BATCH_ITEMS = 64
+MAX_BATCH_BYTES = 512 * 1024  # well under the 4 MiB gRPC clients accept by default
 
 
 class Outbox:
@@ -105,6 +110,20 @@ class Outbox:
             await waiter
         if reading is not None and not reading():
             return None
+        return self._take()
+
+    def get_media_nowait(self, turn_id: str) -> AudioOut | VideoOut | None:
+        """The next event if it is audio or video of `turn_id` and already queued; else None, at once."""
+        if not self._items:
+            return None
+        event = self._items[0]
+        if not isinstance(event, AudioOut | VideoOut) or event.turn_id != turn_id:
+            return None
+        taken = self._take()
+        assert isinstance(taken, AudioOut | VideoOut)  # _take only merges audio with audio
+        return taken
+
+    def _take(self) -> Event:
         event = self._items.popleft()
         if type(event) is AudioOut:
             self._heard = event.turn_id

@@ -176,19 +176,22 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
         after = cfg.resume_after_seq if cfg.HasField("resume_after_seq") else None
         try:
             if cfg.session_id:
-                return await self.runtime.sessions.attach(cfg.session_id, key, after)
-            if after is not None:
+                session, attachment = await self.runtime.sessions.attach(cfg.session_id, key, after)
+            elif after is not None:
                 await _abort(
                     context, grpc.StatusCode.INVALID_ARGUMENT, "config.resume_after_seq needs config.session_id"
                 )
-            session = self.runtime.new_session(
-                cfg.persona_id,
-                convert.patch_from_proto(cfg.default_control, "config.default_control"),
-                convert.render_from_proto(cfg.render, "config.render"),
-                "config",
-                key,
-            )
-            return session, await self.runtime.sessions.open(session)
+            else:
+                session = self.runtime.new_session(
+                    cfg.persona_id,
+                    convert.patch_from_proto(cfg.default_control, "config.default_control"),
+                    convert.render_from_proto(cfg.render, "config.render"),
+                    "config",
+                    key,
+                )
+                attachment = await self.runtime.sessions.open(session)
+            attachment.batch_media = cfg.batch_media
+            return session, attachment
         except ControlError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except AttachRefused as exc:

@@ -39,7 +39,9 @@ from tth_server.events import (
     ErrorOut,
     Event,
     InterruptReason,
+    MediaBatch,
     Notice,
+    Outgoing,
     Started,
     TextOut,
     TurnCompleted,
@@ -48,12 +50,17 @@ from tth_server.events import (
 )
 from tth_server.logs import log
 from tth_server.media import AudioChunk, RenderSettings, VideoFrame
-from tth_server.outbox import Outbox, ReplayBuffer
+from tth_server.outbox import MAX_BATCH_BYTES, MAX_BATCH_ITEMS, Outbox, ReplayBuffer
 from tth_server.pipeline import ConversationSlot, Pacer, SegmentPolicy, TurnRequest, TurnRun
 from tth_server.store import SessionRecord, StoreError
 
 if TYPE_CHECKING:
     from tth_server.runtime import Runtime
+
+
+def _opens_turn(event: AudioOut | VideoOut) -> bool:
+    """The turn's first audio: it leaves at once, whatever else is about to be ready."""
+    return isinstance(event, AudioOut) and event.chunk.timestamp_ms == 0.0
 
 
 class SessionState(StrEnum):
@@ -85,7 +92,7 @@ class Resumed:
 class Attachment:
     """One stream's hold on a session: where it is in the session's sequence, and whether it still holds it."""
 
-    __slots__ = ("active", "cursor", "replaced", "resumed", "started_seq")
+    __slots__ = ("active", "batch_media", "cursor", "replaced", "resumed", "started_seq")
 
     def __init__(self, cursor: int, started_seq: int, resumed: Resumed | None = None) -> None:
         self.cursor = cursor  # the seq of the last event this stream was given
@@ -93,6 +100,7 @@ class Attachment:
         self.resumed = resumed
         self.active = True
         self.replaced = False  # another stream resumed the session and took over
+        self.batch_media = False  # the stream takes consecutive media events as one MediaBatch
 
     def is_active(self) -> bool:
         return self.active
@@ -273,12 +281,15 @@ class Session:
         if self._attachment is attachment:
             self._attachment = None
 
-    async def next_event(self, attachment: Attachment) -> tuple[int, Event] | None:
+    async def next_event(self, attachment: Attachment) -> tuple[int, Outgoing] | None:
         """The stream's next event and its seq: held ones it missed first, then new ones.
 
         None once the session has closed and sent everything, or the stream lost
         the session to another. Each new event is numbered and kept for replay as
-        it is handed out, so a stream that drops right after loses nothing.
+        it is handed out, so a stream that drops right after loses nothing. On a
+        stream that batches media, a media event comes with the media events of
+        its turn that are ready right behind it, as one `MediaBatch` numbered
+        with the seq of its last; nothing waits for a batch to fill.
         """
         if not attachment.active:
             return None
@@ -286,12 +297,48 @@ class Session:
             if not self.replay.holds_after(attachment.cursor):
                 return None  # the session ended under this stream and let go of its events
             attachment.cursor += 1
-            return attachment.cursor, self.replay.after(attachment.cursor - 1)
-        event = await self.outbox.get(attachment.is_active)
-        if event is None:
-            return None
-        attachment.cursor = self.replay.append(event)
+            event: Event = self.replay.after(attachment.cursor - 1)
+        else:
+            queued = await self.outbox.get(attachment.is_active)
+            if queued is None:
+                return None
+            event = queued
+            attachment.cursor = self.replay.append(event)
+        if attachment.batch_media and isinstance(event, AudioOut | VideoOut):
+            if attachment.cursor == self.replay.last_seq and not _opens_turn(event):
+                # The frames for audio just released are drawn in this same loop iteration: let them join it.
+                await asyncio.sleep(0)
+            batch = self._batch(attachment, event)  # moves the cursor to the batch's last event
+            return attachment.cursor, batch
         return attachment.cursor, event
+
+    def _batch(self, attachment: Attachment, first: AudioOut | VideoOut) -> MediaBatch:
+        """`first` and the media of its turn ready right behind it (held for replay, or queued)."""
+        audio: list[AudioChunk] = []
+        video: list[VideoFrame] = []
+        size, event = 0, first
+        while True:
+            if isinstance(event, AudioOut):
+                audio.append(event.chunk)
+                size += len(event.chunk.pcm)
+            else:
+                video.append(event.frame)
+                size += len(event.frame.data)
+            if size >= MAX_BATCH_BYTES or len(audio) + len(video) >= MAX_BATCH_ITEMS:
+                break
+            if attachment.cursor < self.replay.last_seq:
+                held = self.replay.after(attachment.cursor) if self.replay.holds_after(attachment.cursor) else None
+                if not isinstance(held, AudioOut | VideoOut) or held.turn_id != first.turn_id:
+                    break
+                attachment.cursor += 1
+                event = held
+            else:
+                queued = self.outbox.get_media_nowait(first.turn_id)
+                if queued is None:
+                    break
+                attachment.cursor = self.replay.append(queued)
+                event = queued
+        return MediaBatch(first.turn_id, tuple(audio), tuple(video))
 
     # ---- the store -------------------------------------------------------------------------------------------------
 

@@ -222,6 +222,7 @@ class SessionConfig(_message.Message):
     DEFAULT_CONTROL_FIELD_NUMBER: _builtins.int
     RENDER_FIELD_NUMBER: _builtins.int
     RESUME_AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    BATCH_MEDIA_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Optional. The id of an existing session to attach to: one made by
     `CreateSession`, or one whose stream dropped (see `resume_after_seq`). Empty
@@ -240,6 +241,15 @@ class SessionConfig(_message.Message):
     refused. `persona_id`, `default_control` and `render` are ignored when
     attaching: the session keeps its own.
     """
+    batch_media: _builtins.bool
+    """Optional. How this stream carries media. False (the default): each audio
+    chunk and video frame is a response of its own, in the `audio` and `video`
+    arms. True: audio and video ready at the same moment travel together in one
+    `media` response (a `MediaBatch`), which costs the server and the client
+    several times less CPU per second of media; nothing waits to be batched,
+    so latency is the same. The SDK asks for it. Set per stream: a resume may
+    choose differently.
+    """
     @_builtins.property
     def default_control(self) -> _controls_pb2.TurnControl:
         """Optional. The session's default controls, below each turn's own controls."""
@@ -256,10 +266,11 @@ class SessionConfig(_message.Message):
         default_control: _controls_pb2.TurnControl | None = ...,
         render: _controls_pb2.RenderOptions | None = ...,
         resume_after_seq: _builtins.int | None = ...,
+        batch_media: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq", "default_control", b"default_control", "render", b"render", "resume_after_seq", b"resume_after_seq"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq", "default_control", b"default_control", "persona_id", b"persona_id", "render", b"render", "resume_after_seq", b"resume_after_seq", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq", "batch_media", b"batch_media", "default_control", b"default_control", "persona_id", b"persona_id", "render", b"render", "resume_after_seq", b"resume_after_seq", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__resume_after_seq: _TypeAlias = _typing.Literal["resume_after_seq"]  # noqa: Y015
     _WhichOneofArgType__resume_after_seq: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq"]  # noqa: Y015
@@ -854,6 +865,7 @@ class ConverseResponse(_message.Message):
     TURN_INTERRUPTED_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     NOTICE_FIELD_NUMBER: _builtins.int
+    MEDIA_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Required. The session this event belongs to."""
     turn_id: _builtins.str
@@ -895,6 +907,14 @@ class ConverseResponse(_message.Message):
     def notice(self) -> Global___SessionNotice:
         """Advance warning: the session or the server is about to end it."""
 
+    @_builtins.property
+    def media(self) -> _media_pb2.MediaBatch:
+        """Reply speech and face together, on streams whose config set `batch_media`
+        (those streams never use `audio` or `video`). Its `seq` is that of its
+        last item: a batch of n items holds the events numbered `seq - n + 1` to
+        `seq`, so a stream that resumes after it resumes after all of them.
+        """
+
     def __init__(
         self,
         *,
@@ -909,12 +929,13 @@ class ConverseResponse(_message.Message):
         turn_interrupted: Global___TurnInterrupted | None = ...,
         error: Global___Error | None = ...,
         notice: Global___SessionNotice | None = ...,
+        media: _media_pb2.MediaBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "event", b"event", "notice", b"notice", "started", b"started", "text_delta", b"text_delta", "turn_complete", b"turn_complete", "turn_interrupted", b"turn_interrupted", "video", b"video"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "event", b"event", "media", b"media", "notice", b"notice", "started", b"started", "text_delta", b"text_delta", "turn_complete", b"turn_complete", "turn_interrupted", b"turn_interrupted", "video", b"video"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "event", b"event", "notice", b"notice", "seq", b"seq", "session_id", b"session_id", "started", b"started", "text_delta", b"text_delta", "turn_complete", b"turn_complete", "turn_id", b"turn_id", "turn_interrupted", b"turn_interrupted", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "event", b"event", "media", b"media", "notice", b"notice", "seq", b"seq", "session_id", b"session_id", "started", b"started", "text_delta", b"text_delta", "turn_complete", b"turn_complete", "turn_id", b"turn_id", "turn_interrupted", b"turn_interrupted", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "text_delta", "audio", "video", "turn_complete", "turn_interrupted", "error", "notice"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "text_delta", "audio", "video", "turn_complete", "turn_interrupted", "error", "notice", "media"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

@@ -71,6 +71,11 @@ class ConversationServiceStub:
     them. A turn the old replica was running when it stopped ends on the new
     stream with an `error` (UNAVAILABLE, retryable) carrying its `turn_id`.
 
+    Media on a stream whose config set `batch_media` arrives as `media` responses
+    instead of `audio` and `video`: each holds the chunks and frames of one turn
+    that were ready together (a few hundred milliseconds of media at most), with
+    nothing held back to fill it.
+
     Every response carries `session_id`, the `turn_id` it belongs to (empty for
     session-level events) and `seq`, the event's place in the session's sequence.
     The sequence belongs to the session, not to a stream: it counts from 1 (the
@@ -195,6 +200,11 @@ class ConversationServiceServicer:
     unless that replica shut down cleanly and the client had received all of
     them. A turn the old replica was running when it stopped ends on the new
     stream with an `error` (UNAVAILABLE, retryable) carrying its `turn_id`.
+
+    Media on a stream whose config set `batch_media` arrives as `media` responses
+    instead of `audio` and `video`: each holds the chunks and frames of one turn
+    that were ready together (a few hundred milliseconds of media at most), with
+    nothing held back to fill it.
 
     Every response carries `session_id`, the `turn_id` it belongs to (empty for
     session-level events) and `seq`, the event's place in the session's sequence.
@@ -352,6 +362,11 @@ class ConversationService:
     unless that replica shut down cleanly and the client had received all of
     them. A turn the old replica was running when it stopped ends on the new
     stream with an `error` (UNAVAILABLE, retryable) carrying its `turn_id`.
+
+    Media on a stream whose config set `batch_media` arrives as `media` responses
+    instead of `audio` and `video`: each holds the chunks and frames of one turn
+    that were ready together (a few hundred milliseconds of media at most), with
+    nothing held back to fill it.
 
     Every response carries `session_id`, the `turn_id` it belongs to (empty for
     session-level events) and `seq`, the event's place in the session's sequence.

@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12tth/v1/media.proto\x12\x06tth.v1\"`\n\x0b\x41udioFormat\x12\x16\n\x0esample_rate_hz\x18\x01 \x01(\r\x12\x10\n\x08\x63hannels\x18\x02 \x01(\r\x12\'\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x15.tth.v1.AudioEncoding\"b\n\x0bVideoFormat\x12\'\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x15.tth.v1.VideoEncoding\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x0b\n\x03\x66ps\x18\x04 \x01(\r\"V\n\nSpeechMark\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.tth.v1.SpeechMarkType\x12\x14\n\x0ctimestamp_ms\x18\x02 \x01(\x01\x12\x0c\n\x04text\x18\x03 \x01(\t\"\x80\x01\n\nAudioChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\r\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x01\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x01\x12!\n\x05marks\x18\x05 \x03(\x0b\x32\x12.tth.v1.SpeechMark\"\x9f\x01\n\nVideoFrame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\'\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x15.tth.v1.VideoEncoding\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x13\n\x0b\x66rame_index\x18\x05 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x01\x12\x10\n\x08\x64rift_ms\x18\x07 \x01(\x01*M\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_S16LE\x10\x01*d\n\rVideoEncoding\x12\x1e\n\x1aVIDEO_ENCODING_UNSPECIFIED\x10\x00\x12\x17\n\x13VIDEO_ENCODING_JPEG\x10\x01\x12\x1a\n\x16VIDEO_ENCODING_RAW_RGB\x10\x02*\x8a\x01\n\x0eSpeechMarkType\x12 \n\x1cSPEECH_MARK_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15SPEECH_MARK_TYPE_WORD\x10\x01\x12\x1c\n\x18SPEECH_MARK_TYPE_PHONEME\x10\x02\x12\x1d\n\x19SPEECH_MARK_TYPE_SENTENCE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12tth/v1/media.proto\x12\x06tth.v1\"`\n\x0b\x41udioFormat\x12\x16\n\x0esample_rate_hz\x18\x01 \x01(\r\x12\x10\n\x08\x63hannels\x18\x02 \x01(\r\x12\'\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x15.tth.v1.AudioEncoding\"b\n\x0bVideoFormat\x12\'\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x15.tth.v1.VideoEncoding\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x0b\n\x03\x66ps\x18\x04 \x01(\r\"V\n\nSpeechMark\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.tth.v1.SpeechMarkType\x12\x14\n\x0ctimestamp_ms\x18\x02 \x01(\x01\x12\x0c\n\x04text\x18\x03 \x01(\t\"\x80\x01\n\nAudioChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\r\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x01\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x01\x12!\n\x05marks\x18\x05 \x03(\x0b\x32\x12.tth.v1.SpeechMark\"\x9f\x01\n\nVideoFrame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\'\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x15.tth.v1.VideoEncoding\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x13\n\x0b\x66rame_index\x18\x05 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x01\x12\x10\n\x08\x64rift_ms\x18\x07 \x01(\x01\"R\n\nMediaBatch\x12!\n\x05\x61udio\x18\x01 \x03(\x0b\x32\x12.tth.v1.AudioChunk\x12!\n\x05video\x18\x02 \x03(\x0b\x32\x12.tth.v1.VideoFrame*M\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_S16LE\x10\x01*d\n\rVideoEncoding\x12\x1e\n\x1aVIDEO_ENCODING_UNSPECIFIED\x10\x00\x12\x17\n\x13VIDEO_ENCODING_JPEG\x10\x01\x12\x1a\n\x16VIDEO_ENCODING_RAW_RGB\x10\x02*\x8a\x01\n\x0eSpeechMarkType\x12 \n\x1cSPEECH_MARK_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15SPEECH_MARK_TYPE_WORD\x10\x01\x12\x1c\n\x18SPEECH_MARK_TYPE_PHONEME\x10\x02\x12\x1d\n\x19SPEECH_MARK_TYPE_SENTENCE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tth.v1.media_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDIOENCODING']._serialized_start=609
-  _globals['_AUDIOENCODING']._serialized_end=686
-  _globals['_VIDEOENCODING']._serialized_start=688
-  _globals['_VIDEOENCODING']._serialized_end=788
-  _globals['_SPEECHMARKTYPE']._serialized_start=791
-  _globals['_SPEECHMARKTYPE']._serialized_end=929
+  _globals['_AUDIOENCODING']._serialized_start=693
+  _globals['_AUDIOENCODING']._serialized_end=770
+  _globals['_VIDEOENCODING']._serialized_start=772
+  _globals['_VIDEOENCODING']._serialized_end=872
+  _globals['_SPEECHMARKTYPE']._serialized_start=875
+  _globals['_SPEECHMARKTYPE']._serialized_end=1013
   _globals['_AUDIOFORMAT']._serialized_start=30
   _globals['_AUDIOFORMAT']._serialized_end=126
   _globals['_VIDEOFORMAT']._serialized_start=128
@@ -48,4 +48,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDIOCHUNK']._serialized_end=445
   _globals['_VIDEOFRAME']._serialized_start=448
   _globals['_VIDEOFRAME']._serialized_end=607
+  _globals['_MEDIABATCH']._serialized_start=609
+  _globals['_MEDIABATCH']._serialized_end=691
 # @@protoc_insertion_point(module_scope)

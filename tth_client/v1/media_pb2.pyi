@@ -281,3 +281,38 @@ class VideoFrame(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VideoFrame: _TypeAlias = VideoFrame  # noqa: Y015
+
+@_typing.final
+class MediaBatch(_message.Message):
+    """Audio and video of one turn that were ready to send at the same moment,
+    carried in one message: the same chunks and frames as separate `audio` and
+    `video` events, in several times fewer messages.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIO_FIELD_NUMBER: _builtins.int
+    VIDEO_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def audio(self) -> _containers.RepeatedCompositeFieldContainer[Global___AudioChunk]:
+        """Optional. Audio chunks in order on the turn's media clock, contiguous with
+        one another; empty when only frames were ready.
+        """
+
+    @_builtins.property
+    def video(self) -> _containers.RepeatedCompositeFieldContainer[Global___VideoFrame]:
+        """Optional. Video frames in order of `frame_index`; empty when only audio was ready."""
+
+    def __init__(
+        self,
+        *,
+        audio: _abc.Iterable[Global___AudioChunk] | None = ...,
+        video: _abc.Iterable[Global___VideoFrame] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "video", b"video"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MediaBatch: _TypeAlias = MediaBatch  # noqa: Y015

@@ -1,0 +1,123 @@
+"""Batched media (`SessionConfig.batch_media`): the same chunks and frames in fewer messages, resumable."""
+
+from __future__ import annotations
+
+import itertools
+
+import grpc
+import pytest
+
+from tests.conftest import ServerFactory
+from tests.wire import Conversation, is_terminal
+from tth_client import AudioEvent, VideoEvent, events_from_response
+from tth_client.v1 import conversation_pb2 as pb
+from tth_client.v1 import conversation_pb2_grpc as pb_grpc
+from tth_client.v1 import media_pb2 as mpb
+
+REPLY = "The tide came in slowly. Boats rocked at the pier, and the gulls called over the water."
+LLM = {"llm": {"adapter": "scripted", "options": {"reply": REPLY, "hints": False}}}
+
+
+def _items(response: pb.ConverseResponse) -> int:
+    """How many events of the session's sequence a response carries."""
+    if response.HasField("media"):
+        return len(response.media.audio) + len(response.media.video)
+    return 1
+
+
+def _media(events: list[pb.ConverseResponse]) -> tuple[bytes, list[tuple[int, float]], list[mpb.AudioChunk]]:
+    """A turn's speech (PCM), its frames (index, time) and its audio chunks, from either kind of stream."""
+    audio: list[mpb.AudioChunk] = []
+    frames: list[mpb.VideoFrame] = []
+    for e in events:
+        if e.HasField("media"):
+            audio += e.media.audio
+            frames += e.media.video
+        elif e.HasField("audio"):
+            audio.append(e.audio)
+        elif e.HasField("video"):
+            frames.append(e.video)
+    return b"".join(a.data for a in audio), [(f.frame_index, f.timestamp_ms) for f in frames], audio
+
+
+@pytest.mark.parametrize("paced", [True, False], ids=["paced", "unpaced"])
+async def test_a_batching_stream_gets_the_same_speech_and_frames_in_fewer_messages(
+    start_server: ServerFactory, paced: bool
+) -> None:
+    session = {"max_lead_ms": 300} if paced else {"max_lead_ms": 1_000_000, "outbox_capacity": 100_000}
+    server = await start_server(session=session, components=LLM)
+    turns = {}
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        for batch in (False, True):
+            conv = Conversation(pb_grpc.ConversationServiceStub(channel))
+            await conv.start(batch_media=batch)
+            await conv.say("Tell me about the harbour.")
+            turns[batch] = await conv.until_terminal()
+            assert await conv.finish() == grpc.StatusCode.OK
+
+    plain, batched = turns[False], turns[True]
+    assert not any(e.HasField("media") for e in plain)
+    assert not any(e.HasField("audio") or e.HasField("video") for e in batched)  # one form per stream
+    assert _media(batched)[:2] == _media(plain)[:2]  # the same speech, sample for sample, and the same frames
+    _, frames, audio = _media(batched)
+    assert audio[0].timestamp_ms == 0 and len(frames) >= 25
+    for a, b in itertools.pairwise(audio):  # contiguous on the turn's clock, in order
+        assert b.timestamp_ms == pytest.approx(a.timestamp_ms + a.duration_ms)
+    assert [i for i, _ in frames] == list(range(len(frames)))
+    # The point of it: several media events per message.
+    media_messages = [e for e in batched if e.HasField("media")]
+    assert len(media_messages) * 2 <= sum(map(_items, media_messages))
+    # The first audio leaves alone, at once: nothing waits for a batch to fill.
+    first = media_messages[0]
+    assert len(first.media.audio) == 1 and not first.media.video
+    # Numbering: a batch of n takes n numbers and carries its last; the terminal event comes last.
+    for prev, nxt in itertools.pairwise(batched):
+        assert nxt.seq == prev.seq + _items(nxt)
+    assert is_terminal(batched[-1]) and batched[-1].HasField("turn_complete")
+
+
+async def test_a_resume_after_a_batch_replays_exactly_what_follows_it_in_either_form(
+    start_server: ServerFactory,
+) -> None:
+    server = await start_server(session={"max_lead_ms": 200, "outbox_capacity": 64}, components=LLM)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    first = Conversation(pb_grpc.ConversationServiceStub(channel))
+    session_id = (await first.start(batch_media=True)).session_id
+    await first.say("Tell me about the harbour.")
+    while sum(e.HasField("media") for e in first.events) < 4:
+        await first.next()
+    seen = list(first.events)
+    await channel.close()  # the connection drops after a batch
+
+    for batch in (False, True):  # the form is the stream's choice, not the session's
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as again:
+            second = Conversation(pb_grpc.ConversationServiceStub(again))
+            started = await second.start(session_id=session_id, resume_after_seq=seen[-1].seq, batch_media=batch)
+            assert started.started.resumed.lossless
+            rest = await second.until_terminal()
+            second.call.cancel()  # drop again, so the next form can resume from the same point
+        whole = seen + rest
+        for prev, nxt in itertools.pairwise(whole):  # nothing skipped, nothing twice
+            assert nxt.seq == prev.seq + _items(nxt)
+        media_arms = {e.WhichOneof("event") for e in rest} & {"media", "audio", "video"}
+        assert media_arms == ({"media"} if batch else {"audio", "video"})
+        _, frames, audio = _media(whole)
+        for a, b in itertools.pairwise(audio):
+            assert b.timestamp_ms == pytest.approx(a.timestamp_ms + a.duration_ms)
+        assert [i for i, _ in frames] == sorted(set(i for i, _ in frames))
+        assert whole[-1].HasField("turn_complete")
+        assert " ".join(whole[-1].turn_complete.text.split()) == REPLY
+
+
+def test_the_sdk_unpacks_a_batch_into_events_in_order_on_the_media_clock() -> None:
+    response = pb.ConverseResponse(session_id="s", turn_id="t", seq=9)
+    for ts in (0.0, 40.0):
+        response.media.audio.add(data=b"\0\0" * 960, sample_rate_hz=24000, timestamp_ms=ts, duration_ms=40.0)
+    for i, ts in enumerate((0.0, 40.0, 80.0)):
+        response.media.video.add(data=b"jpeg", frame_index=i, timestamp_ms=ts)
+    events = events_from_response(response)
+    assert [type(e) for e in events] == [AudioEvent, VideoEvent, AudioEvent, VideoEvent, VideoEvent]
+    assert [(e.session_id, e.turn_id, e.seq) for e in events] == [("s", "t", seq) for seq in range(5, 10)]
+    times = [e.audio.timestamp_ms for e in events if isinstance(e, AudioEvent)]
+    times += [e.video.timestamp_ms for e in events if isinstance(e, VideoEvent)]
+    assert sorted(times) == [0.0, 0.0, 40.0, 40.0, 80.0]
