@@ -65,7 +65,8 @@ async def test_metrics_endpoint_serves_the_turn_metrics_by_their_turn_complete_n
     for name in ("tth_turns_total", "tth_active_sessions", "tth_running_turns", "tth_frames_total"):
         assert name in text, name
     assert 'tth_turns_total{outcome="completed"}' in text
-    assert "tth_provider_errors_total" in text or "tth_provider_errors" in text
+    for name in ("tth_provider_errors", "tth_stage_failures", "tth_fallbacks"):
+        assert f"# TYPE {name}_total counter" in text, name
     await conv.finish()
 
 
@@ -101,12 +102,33 @@ async def test_a_failed_turn_counts_as_failed_with_its_provider_error(start_serv
     tts = {"adapter": "tone_tts", "options": {"fail_after": 0, "fail_category": "rate_limit"}}
     conv = await _conversation(start_server, session=UNPACED, components={"tts": tts})
     failed = _value("tth_turns_total", outcome="failed")
-    errors = _value("tth_provider_errors_total", stage="tts", category="rate_limit")
+    stage_failures = _value("tth_stage_failures_total", stage="tts", category="rate_limit")
+    errors = _value("tth_provider_errors_total", stage="tts", adapter="tone_tts", category="rate_limit")
     await conv.say("Hello there!")
     events = await conv.until_terminal()
     assert arms(events)[-1] == "error"
     assert _value("tth_turns_total", outcome="failed") == failed + 1
-    assert _value("tth_provider_errors_total", stage="tts", category="rate_limit") == errors + 1
+    assert _value("tth_stage_failures_total", stage="tts", category="rate_limit") == stage_failures + 1
+    assert _value("tth_provider_errors_total", stage="tts", adapter="tone_tts", category="rate_limit") == errors + 1
+    await conv.finish()
+
+
+async def test_an_error_a_fallback_absorbed_counts_for_its_provider_but_fails_nothing(
+    start_server: ServerFactory,
+) -> None:
+    failing = {"adapter": "tone_tts", "options": {"fail_after": 0, "fail_category": "auth"}}
+    tts = {**failing, "fallback": [{"adapter": "tone_tts"}]}
+    conv = await _conversation(start_server, session=UNPACED, components={"tts": tts})
+    completed = _value("tth_turns_total", outcome="completed")
+    stage_failures = _value("tth_stage_failures_total", stage="tts", category="auth")
+    errors = _value("tth_provider_errors_total", stage="tts", adapter="tone_tts", category="auth")
+    fallbacks = _value("tth_fallbacks_total", stage="tts")
+    await conv.say("Hello there!")
+    assert arms(await conv.until_terminal())[-1] == "turn_complete"  # the user never knew
+    assert _value("tth_turns_total", outcome="completed") == completed + 1
+    assert _value("tth_provider_errors_total", stage="tts", adapter="tone_tts", category="auth") == errors + 1
+    assert _value("tth_fallbacks_total", stage="tts") == fallbacks + 1
+    assert _value("tth_stage_failures_total", stage="tts", category="auth") == stage_failures
     await conv.finish()
 
 

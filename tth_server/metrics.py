@@ -12,14 +12,18 @@ before its first audio adds nothing to `tth_time_to_first_audio_ms`.
                      tth_llm_first_token_ms      tth_tts_first_byte_ms        tth_avatar_first_frame_ms
                      tth_drift_mean_ms           tth_drift_max_ms             tth_total_ms
     counters         tth_turns_total{outcome}              completed | interrupted | failed
-                     tth_provider_errors_total{stage,category}  errors that failed a stage (and so its turn)
+                     tth_provider_errors_total{stage,adapter,category}  every error a provider returned,
+                                                           also those a retry or a fallback absorbed
+                     tth_stage_failures_total{stage,category}   errors that failed a stage (and so its turn)
                      tth_fallbacks_total{stage}            turns a fallback provider served
                      tth_frames_total / tth_frames_dropped_total / tth_audio_ms_total
     gauges           tth_active_sessions   sessions in this process (attached, or waiting for a resume)
                      tth_running_turns     of those, with a turn running
 
-Errors a retry or a fallback absorbed do not fail a stage: they show in
-`tth_fallbacks_total` and in the router's log lines. Everything is kept in the
+A provider that keeps failing behind a working fallback shows in
+`tth_provider_errors_total` (labelled with its adapter) while
+`tth_stage_failures_total` stays flat: users were not affected, but the
+provider needs a look. Everything is kept in the
 process's default registry (with prometheus-client's process_* and python_*
 metrics: CPU seconds and resident memory per process); `serve()` exposes it on
 `metrics.port` when that is set. Recording costs a few microseconds per turn and
@@ -70,7 +74,13 @@ TOTAL = Histogram(
 TURNS = Counter("tth_turns", "Turns ended, by outcome: completed, interrupted or failed.", ["outcome"])
 PROVIDER_ERRORS = Counter(
     "tth_provider_errors",
-    "Provider errors that failed a stage (and its turn), by stage and category (auth, rate_limit, ...).",
+    "Errors providers returned, by stage, adapter and category (auth, rate_limit, ...), "
+    "including those a retry or a fallback absorbed.",
+    ["stage", "adapter", "category"],
+)
+STAGE_FAILURES = Counter(
+    "tth_stage_failures",
+    "Provider errors that failed a stage (and its turn), by stage and category.",
     ["stage", "category"],
 )
 FALLBACKS = Counter("tth_fallbacks", "Turns in which a fallback provider served a stage, by stage.", ["stage"])
@@ -141,8 +151,13 @@ def observe_turn(outcome: str, m: TurnMetrics) -> None:
         TOTAL.observe(m.total_ms)
 
 
-def provider_error(stage: str, error: ProviderError) -> None:
-    PROVIDER_ERRORS.labels(stage, error.category.value).inc()
+_COUNTED: weakref.WeakSet[ProviderError] = weakref.WeakSet()  # provider errors already in PROVIDER_ERRORS
+
+
+def provider_error(stage: str, adapter: str, error: ProviderError) -> None:
+    """A provider call failed (the router may still retry it or fall back)."""
+    PROVIDER_ERRORS.labels(stage, adapter, error.category.value).inc()
+    _COUNTED.add(error)
 
 
 async def _watched(stage: str, coro: Coroutine[Any, Any, T]) -> T:
@@ -150,7 +165,9 @@ async def _watched(stage: str, coro: Coroutine[Any, Any, T]) -> T:
         try:
             return await coro
         except ProviderError as exc:
-            provider_error(stage, exc)
+            if exc.provider and exc not in _COUNTED:  # an adapter running unrouted (no router saw it)
+                provider_error(stage, exc.provider, exc)
+            STAGE_FAILURES.labels(stage, exc.category.value).inc()
             tracing.failed(current, exc)
             raise
 

@@ -61,7 +61,7 @@ from adapters.base import (
     TTSAdapter,
 )
 from adapters.errors import ErrorCategory, ProviderError
-from tth_server import registry
+from tth_server import metrics, registry
 from tth_server.config import ComponentConfig, ConfigError, RouterSettings, StageBudget
 from tth_server.controls import Controls
 from tth_server.events import StageTiming
@@ -239,6 +239,7 @@ class Chain:
                     return
                 except ProviderError as exc:
                     verdict = None if exc.category is ErrorCategory.INVALID_REQUEST else False
+                    metrics.provider_error(self.stage.value, provider.name, exc)
                     if sent:
                         log.warning(
                             "provider failed mid-stream", stage=self.stage.value, adapter=provider.name, error=str(exc)
@@ -646,6 +647,7 @@ class RoutedAvatar(_Routed, AvatarAdapter):
                     return
                 except ProviderError as exc:
                     verdict = None if exc.category is ErrorCategory.INVALID_REQUEST else False
+                    metrics.provider_error(Stage.AVATAR.value, provider.name, exc)
                     if sent:
                         raise
                     errors.append(exc)
