@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -87,30 +87,33 @@ class ToneTTS(TTSAdapter):
         return ControlMapping(controls, params, applied, downgraded)
 
     async def synthesize(self, text: str, mapping: ControlMapping) -> AsyncIterator[AudioChunk]:
-        pcm, marks = self._render(text, mapping.params)
+        """Chunks as the words are rendered, one word at a time: the first chunk is out after the first
+        word, and no sentence holds the event loop for the whole of its rendering."""
         pace = self._chunk_samples / self._rate * self._realtime_factor
-        for index, start in enumerate(range(0, len(pcm), self._chunk_samples)):
-            await self._knobs.before(index, self.name)
-            if index and pace:
-                await asyncio.sleep(pace)
-            end = min(start + self._chunk_samples, len(pcm))
-            t0, t1 = start * 1000 / self._rate, end * 1000 / self._rate
-            yield AudioChunk(
-                pcm[start:end].tobytes(),
-                self._rate,
-                timestamp_ms=t0,
-                marks=tuple(m for m in marks if t0 <= m.time_ms < t1),
-            )
+        pending = np.zeros(0, dtype="<i2")
+        marks: list[SpeechMark] = []
+        start, index = 0, 0  # first sample of `pending`, chunks sent
+        for samples, mark in self._words(text, mapping.params):
+            if mark is not None:
+                marks.append(mark)
+            pending = np.concatenate([pending, samples])
+            while len(pending) >= self._chunk_samples or (mark is None and len(pending)):
+                await self._knobs.before(index, self.name)
+                if index and pace:
+                    await asyncio.sleep(pace)
+                n = min(self._chunk_samples, len(pending))
+                t0, t1 = start * 1000 / self._rate, (start + n) * 1000 / self._rate
+                yield AudioChunk(pending[:n].tobytes(), self._rate, timestamp_ms=t0, marks=tuple(_take(marks, t1)))
+                pending, start, index = pending[n:], start + n, index + 1
 
-    def _render(self, text: str, params: Mapping[str, Any]) -> tuple[np.ndarray, list[SpeechMark]]:
+    def _words(self, text: str, params: Mapping[str, Any]) -> Iterator[tuple[np.ndarray, SpeechMark | None]]:
+        """Each word's PCM (its tone, then the pause after it) with its mark; a last (rest, None) ends it."""
         rate = self._rate
         syllable_s = 60.0 / float(params["wpm"]) / 1.5
         f0, rng, volume = float(params["pitch_hz"]), float(params["range"]), float(params["volume"])
-        pieces: list[np.ndarray] = []
-        marks: list[SpeechMark] = []
         cursor = 0
         for i, word in enumerate(_WORD.findall(text)):
-            marks.append(SpeechMark(MarkKind.WORD, cursor * 1000 / rate, word.strip(".,;:!?\"'()")))
+            mark = SpeechMark(MarkKind.WORD, cursor * 1000 / rate, word.strip(".,;:!?\"'()"))
             syllables = max(1, len(_VOWELS.findall(word)))
             n = int(rate * syllable_s * syllables)
             t = np.arange(n) / rate
@@ -119,10 +122,17 @@ class ToneTTS(TTSAdapter):
             phase = 2 * np.pi * np.cumsum(glide) / rate
             voiced = np.sin(phase) + 0.5 * np.sin(2 * phase) + 0.25 * np.sin(3 * phase)
             envelope = np.sin(np.pi * np.clip(t / max(t[-1], 1e-6), 0, 1)) ** 0.6 if n else t
-            pieces.append(voiced * envelope * 0.25 * volume)
             pause_s = 0.35 if word[-1] in ".!?" else 0.18 if word[-1] in ",;:" else 0.05
-            gap = np.zeros(int(rate * pause_s * BASE_WPM / float(params["wpm"])))
-            pieces.append(gap)
-            cursor += n + len(gap)
-        audio = np.concatenate(pieces) if pieces else np.zeros(self._chunk_samples)
-        return (np.clip(audio, -1, 1) * 32767).astype("<i2"), marks
+            gap = int(rate * pause_s * BASE_WPM / float(params["wpm"]))
+            tone = (np.clip(voiced * envelope * 0.25 * volume, -1, 1) * 32767).astype("<i2")
+            yield np.concatenate([tone, np.zeros(gap, dtype="<i2")]), mark
+            cursor += n + gap
+        # The last chunk may be short; a text with no words is one chunk of silence.
+        yield np.zeros(0 if cursor else self._chunk_samples, dtype="<i2"), None
+
+
+def _take(marks: list[SpeechMark], until_ms: float) -> list[SpeechMark]:
+    """Remove and return the marks before `until_ms`."""
+    taken = [m for m in marks if m.time_ms < until_ms]
+    marks[:] = [m for m in marks if m.time_ms >= until_ms]
+    return taken
