@@ -22,7 +22,8 @@ the `local` profile (espeak-ng at 22.05 kHz, the face's 256 px JPEGs). For the
 record, once each: gRPC with one event per message, the baseline on the bare
 `websockets` library (no uvicorn, no uvloop), and the baseline with
 permessage-deflate, which uvicorn negotiates by default. And the floor: both
-transports alone, with no application behind them (`bench.floor`).
+transports alone, with no application behind them (`bench.floor`), and the
+runtime alone, with no transport (`bench.runtime_only`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +40,7 @@ from typing import Any
 import grpc
 import websockets
 
-from bench.common import NO_LIMITS, Row, channel, merge, report, server
+from bench.common import NO_LIMITS, QUIET, ROOT, Row, channel, merge, report, server
 from bench.floor import per_message_us
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
@@ -188,6 +191,7 @@ async def run(sessions: int = 30, seconds: float = 10.0, repeats: int = 3) -> li
         ours = median_run([o for o, _ in pairs])
         base = median_run([b for _, b in pairs])
         others = {t: await measure(profile, overrides, t, sessions) for t in ("grpc", "websockets", "uvicorn+deflate")}
+        alone = await asyncio.to_thread(runtime_only, profile, overrides, sessions)
         media = f"{sessions} sessions, {ours.media_s:.0f} s of media per run, median of {repeats} runs each"
         deflate = others["uvicorn+deflate"]
         rows.append(
@@ -221,6 +225,20 @@ async def run(sessions: int = 30, seconds: float = 10.0, repeats: int = 3) -> li
                 extra={"runs": [(o.cpu_ms_per_s, b.cpu_ms_per_s) for o, b in pairs]},
             )
         )
+        rows.append(
+            Row(
+                f"6 floor: the runtime alone, no transport, {name}",
+                alone,
+                "ms",
+                "(for reference)",
+                alone <= 0.5 * base.cpu_ms_per_s,
+                baseline=base.cpu_ms_per_s,
+                baseline_name="WS JSON+base64",
+                ratio=alone / base.cpu_ms_per_s,
+                note="the same sessions with no transport at all (bench.runtime_only): pipeline, pacing, queue and "
+                "adapters, which both servers run; no transport can take a whole server below it",
+            )
+        )
     grpc_us = await asyncio.to_thread(per_message_us, "grpc")
     ws_us = await asyncio.to_thread(per_message_us, "ws")
     rows.append(
@@ -237,6 +255,15 @@ async def run(sessions: int = 30, seconds: float = 10.0, repeats: int = 3) -> li
         )
     )
     return rows
+
+
+def runtime_only(profile: str, overrides: dict[str, Any], sessions: int) -> float:
+    """CPU ms per second of media of the runtime alone, in a process of its own (`bench.runtime_only`)."""
+    args = [sys.executable, "-m", "bench.runtime_only", "--profile", profile, "--sessions", str(sessions)]
+    args += ["--overrides", json.dumps(merge(QUIET, overrides))]
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    cpu_s, media_s = float(out[0]), float(out[1])
+    return cpu_s * 1000 / media_s
 
 
 def median_run(runs: list[Run]) -> Run:
