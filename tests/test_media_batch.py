@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import grpc
@@ -121,3 +122,32 @@ def test_the_sdk_unpacks_a_batch_into_events_in_order_on_the_media_clock() -> No
     times = [e.audio.timestamp_ms for e in events if isinstance(e, AudioEvent)]
     times += [e.video.timestamp_ms for e in events if isinstance(e, VideoEvent)]
     assert sorted(times) == [0.0, 0.0, 40.0, 40.0, 80.0]
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["per-event", "batched"])
+async def test_paced_media_never_runs_more_than_the_lead_ahead_of_real_time(
+    start_server: ServerFactory, batch: bool
+) -> None:
+    lead_ms = 300.0
+    server = await start_server(session={"max_lead_ms": lead_ms}, components=LLM)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        conv = Conversation(pb_grpc.ConversationServiceStub(channel))
+        await conv.start(batch_media=batch)  # balanced latency mode: the lead is session.max_lead_ms
+        await conv.say("Tell me about the harbour.")
+        zero: float | None = None
+        ahead: list[float] = []  # how far ahead of real time each chunk and frame arrived, in ms
+        loop = asyncio.get_running_loop()
+        while not is_terminal(event := await conv.next()):
+            _, frames, audio = _media([event])
+            times = [a.timestamp_ms for a in audio] + [t for _, t in frames]
+            if not times:
+                continue
+            now = loop.time() * 1000
+            zero = now if zero is None else zero
+            ahead += [t - (now - zero) for t in times]
+        await conv.finish()
+    assert len(ahead) > 100
+    # The clock starts with the first audio; nothing arrives earlier than the lead allows (20 ms for the network).
+    assert max(ahead) <= lead_ms + 20
+    # ... and media is sent ahead, not just in time: the lead is used.
+    assert sorted(ahead)[len(ahead) // 2] > lead_ms * 0.3
