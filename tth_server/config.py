@@ -34,6 +34,7 @@ class ServerSettings:
     listen: str = "127.0.0.1:50051"
     grace_period_s: float = 10.0
     max_message_bytes: int = 4 * 1024 * 1024
+    workers: int = 1  # server processes on `listen` (SO_REUSEPORT); 1 serves in the tth-server process itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +330,7 @@ def _build(profile: str, config_dir: Path, data: dict[str, Any]) -> Config:
     return Config(
         profile=profile,
         config_dir=config_dir,
-        server=_section(ServerSettings, data.get("server"), "server"),
+        server=_server(_section(ServerSettings, data.get("server"), "server")),
         render=render,
         segmenter=_section(SegmenterSettings, data.get("segmenter"), "segmenter"),
         log=log,
@@ -382,6 +383,12 @@ def _tls(tls: TLSSettings) -> TLSSettings:
         if path and not Path(path).is_file():
             raise ConfigError(f"tls.{name}: {path} is not a readable file")
     return tls
+
+
+def _server(server: ServerSettings) -> ServerSettings:
+    if server.workers < 1:
+        raise ConfigError(f"server.workers must be >= 1 (1: serve in this process), got {server.workers}")
+    return server
 
 
 def _limits(limits: LimitSettings) -> LimitSettings:

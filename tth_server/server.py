@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,9 +132,14 @@ async def serve(config: Config, listen: str | None = None) -> RunningServer:
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     address = listen or config.server.listen
-    port = _bind(server, address, config.tls)
+    try:
+        port = _bind(server, address, config.tls)
+    except RuntimeError as exc:  # grpcio raises this, not OSError, when the address cannot be bound
+        port, why = 0, f": {exc}"
+    else:
+        why = ""
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise OSError(f"cannot listen on {address} (is another server on that port?){why}")
     metrics_http = None
     if config.metrics.port:
         try:
@@ -172,8 +178,10 @@ def tune_for_serving() -> None:
     gc.set_threshold(10_000, 20, 50)
 
 
-async def run_until_signalled(config: Config, listen: str | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+async def run_until_signalled(
+    config: Config, listen: str | None = None, ready: Callable[[RunningServer], object] | None = None
+) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; `ready` is called once the server accepts calls."""
     import signal
 
     running = await serve(config, listen)
@@ -183,6 +191,8 @@ async def run_until_signalled(config: Config, listen: str | None = None) -> None
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready(running)
     await stop.wait()
     log.info("shutting down", grace_period_s=config.server.grace_period_s)
     await running.stop()
