@@ -34,7 +34,7 @@ SUITES: dict[str, Suite] = {
     "interrupt": lambda quick: asyncio.run(bench_interrupt.run(40 if quick else 200)),
     "drift": lambda quick: asyncio.run(bench_drift.run(15.0 if quick else 60.0)),
     "capacity": lambda quick: bench_capacity.run(100 if quick else 300, 40 if quick else 100, 12.0 if quick else 20.0),
-    "wire": lambda quick: asyncio.run(bench_wire.run(10 if quick else 30, 6.0 if quick else 10.0)),
+    "wire": lambda quick: asyncio.run(bench_wire.run(10 if quick else 30, 6.0 if quick else 10.0, 1 if quick else 3)),
     "memory": lambda quick: bench_memory.run(200 if quick else 1000),
 }
 COMPONENTS = (
