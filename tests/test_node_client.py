@@ -55,8 +55,8 @@ async def test_a_node_client_built_from_the_protos_completes_a_converse_turn(
     summary = json.loads(out)
     events = summary["events"]
     assert events["started"] == 1 and events["turn_complete"] == 1
-    assert events["audio"] > 0 and events["video"] > 0
-    assert summary["outcome"] == "completed" and summary["text"]
+    assert events["media"] > 0 and "audio" not in events and "video" not in events  # it asks for batches
+    assert summary["audio_ms"] > 0 and summary["outcome"] == "completed" and summary["text"]
     assert summary["metrics"]["frames"] == summary["frames"]
 
 

@@ -50,7 +50,11 @@ function converse(target, text, apiKey) {
         case "text_delta":
           summary.text += response.text_delta.text;
           break;
-        case "audio":
+        case "media": // the audio and frames that were ready together (config.batch_media)
+          for (const chunk of response.media.audio) summary.audio_ms += chunk.duration_ms;
+          summary.frames += response.media.video.length;
+          break;
+        case "audio": // one chunk per response, on streams that do not batch
           summary.audio_ms += response.audio.duration_ms;
           break;
         case "video":
@@ -84,7 +88,7 @@ function converse(target, text, apiKey) {
       client.close();
       if (status.code === grpc.status.OK) resolve(summary);
     });
-    call.write({ config: { persona_id: "casual" } });
+    call.write({ config: { persona_id: "casual", batch_media: true } });
   });
 }
 
