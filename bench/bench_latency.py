@@ -10,7 +10,8 @@ one starts; pacing is the default, which never holds the first chunk back.
 1. Zero-latency providers (`bench.fakes`: the LLM's reply is there at once, the
    TTS slices a pre-rendered tone), so every microsecond is the server's. The
    baseline, measured in the same run, is a bare grpc.aio bidirectional round trip
-   (`bench.echo`: bytes in, a 2 KB reply out, no protobuf, no application). A
+   (`bench.echo`: bytes in, a 2 KB reply out, no protobuf, no application), one
+   right before each timed turn, so both see the machine in the same state. A
    server doing nothing would answer in one round trip, so what the server adds
    is the time to first audio minus that round trip; the target is at most two
    round trips. (The row's note gives the whole time to first audio as well.)
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,16 +82,30 @@ class Turn:
     server: pb.TurnMetrics  # the server's own account (of the interrupted turn)
 
 
-async def first_audio(target: str, turns: int, warmup: int = 10, text: str = "Hello there!") -> list[Turn]:
-    """`turns` timed turns on one stream, each interrupted once its first audio arrived."""
-    async with channel(target) as ch:
-        call = pb_grpc.ConversationServiceStub(ch).Converse()
+async def first_audio(
+    target: str, turns: int, warmup: int = 10, text: str = "Hello there!", echo: str | None = None
+) -> tuple[list[Turn], list[float]]:
+    """`turns` timed turns on one stream, each interrupted once its first audio arrived; with `echo`, a bare
+    grpc.aio round trip to that echo server right before each turn, so both are measured under the same
+    conditions (the machine's speed drifts within a run)."""
+    from bench.echo import METHOD
+
+    async with contextlib.AsyncExitStack() as stack:
+        call = pb_grpc.ConversationServiceStub(await stack.enter_async_context(channel(target))).Converse()
+        echo_call = (await stack.enter_async_context(channel(echo))).stream_stream(METHOD)() if echo else None
         await call.write(CONFIG)
         await call.read()
         say = pb.ConverseRequest(text=pb.UserText(text=text))
         stop = pb.ConverseRequest(interrupt=pb.Interrupt())
         out: list[Turn] = []
+        rtts: list[float] = []
         for i in range(warmup + turns):
+            rtt = 0.0
+            if echo_call is not None:
+                started = time.perf_counter()
+                await echo_call.write(b"x" * 16)
+                await echo_call.read()
+                rtt = (time.perf_counter() - started) * 1000
             started = time.perf_counter()
             await call.write(say)
             while not media(event := await call.read())[0]:
@@ -102,22 +118,25 @@ async def first_audio(target: str, turns: int, warmup: int = 10, text: str = "He
             if i >= warmup:
                 arm = event.WhichOneof("event")
                 out.append(Turn(took, getattr(event, arm).metrics))
+                if echo_call is not None:
+                    rtts.append(rtt)
+        if echo_call is not None:
+            await echo_call.done_writing()
         await call.done_writing()
         while await call.read() is not grpc.aio.EOF:
             pass
-        return out
+        return out, rtts
 
 
 async def run(turns: int = 200, sim_turns: int = 40) -> list[Row]:
     limits = merge(NO_LIMITS, {"session": {"resume_window_s": 0}})
     with echo_server() as (echo, _):
-        rtt_before = await round_trips(echo, turns)
+        await round_trips(echo, 50)  # warm the echo server up
         with server("mock", merge(limits, instant_profile())) as srv:
-            instant = await first_audio(srv.target, turns)
-        rtt_after = await round_trips(echo, turns)
+            instant, rtts = await first_audio(srv.target, turns, echo=echo)
         with server("mock", merge(limits, simulated_profile())) as srv:
-            simulated = await first_audio(srv.target, sim_turns, warmup=3)
-    rtt = median(rtt_before + rtt_after)
+            simulated, _ = await first_audio(srv.target, sim_turns, warmup=3)
+    rtt = median(rtts)
     ttfa = median([t.first_audio_ms for t in instant])
     server_ttfa = median([t.server.time_to_first_audio_ms for t in instant])
     k = first_segment_tokens(SIM_REPLY)

@@ -1,4 +1,4 @@
-"""Suggested for tests/test_outbox.py: queued audio leaves as one event; the first audio is not held."""
+"""The outbox merges audio that queues up behind audio, and never holds a turn's first audio."""
 
 from __future__ import annotations
 
