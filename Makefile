@@ -21,6 +21,12 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@ $(VENV)/.installed
 
+# The otel extra, apart from the venv: one test runs a server with it (tests/test_metrics.py), while
+# everything else, benchmarks included, runs as a default install does, with tracing absent.
+$(VENV)/otel/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --target $(VENV)/otel "opentelemetry-api" "opentelemetry-sdk"
+	touch $@
+
 node_modules/.installed: package.json package-lock.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
@@ -28,7 +34,7 @@ node_modules/.installed: package.json package-lock.json
 run: $(VENV)/.installed
 	$(BIN)/tth-server $(if $(PROFILE),--profile $(PROFILE)) $(if $(LISTEN),--listen $(LISTEN))
 
-test: $(VENV)/.installed-dev node_modules/.installed
+test: $(VENV)/.installed-dev $(VENV)/otel/.installed node_modules/.installed
 	npx --no-install buf lint
 	$(BIN)/python scripts/gen_protos.py --check
 	$(BIN)/ruff check .

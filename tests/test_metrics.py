@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import grpc
 import httpx
@@ -15,8 +17,8 @@ from prometheus_client import REGISTRY
 from tests.conftest import ServerFactory
 from tests.wire import Conversation, arms
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
-from tth_server import tracing
 
+ROOT = Path(__file__).resolve().parent.parent
 UNPACED = {"max_lead_ms": 1_000_000, "outbox_capacity": 100_000}
 TURN_HISTOGRAMS = (
     "tth_time_to_first_text_ms",
@@ -171,28 +173,76 @@ def test_without_the_otel_extra_tracing_hands_back_what_it_was_given() -> None:
     assert done.stdout.strip() == "ok"
 
 
-async def test_with_the_otel_extra_each_turn_has_a_span_with_stage_spans(start_server: ServerFactory) -> None:
-    pytest.importorskip("opentelemetry.sdk")
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+OTEL = Path(sys.prefix) / "otel"  # the otel extra, installed apart by `make test` (see the Makefile)
 
-    assert tracing.ENABLED
-    exporter = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    conv = await _conversation(start_server, session=UNPACED)
-    await conv.say("Hello there!")
-    events = await conv.until_terminal()
-    turn_id = events[-1].turn_id
-    spans = exporter.get_finished_spans()
-    turns = [s for s in spans if s.name == "tth.turn" and s.attributes["tth.turn_id"] == turn_id]
-    assert len(turns) == 1 and turns[0].attributes["tth.outcome"] == "completed"
-    assert turns[0].attributes["tth.time_to_first_audio_ms"] == events[-1].turn_complete.metrics.time_to_first_audio_ms
-    children = {s.name for s in spans if s.parent is not None and s.parent.span_id == turns[0].context.span_id}
-    assert children == {"tth.llm", "tth.tts", "tth.avatar"}
-    await conv.finish()
+
+def test_with_the_otel_extra_each_turn_has_a_span_with_stage_spans() -> None:
+    if not (OTEL / "opentelemetry" / "sdk").is_dir():
+        pytest.fail(f"the otel extra is needed at {OTEL}: `make test` installs it there")
+    # In a process of its own, where the extra is importable: this venv stays as a default install.
+    script = textwrap.dedent(
+        """
+        import asyncio
+
+        import grpc
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        from tests.wire import Conversation
+        from tth_client.v1 import conversation_pb2_grpc as pb_grpc
+        from tth_server import tracing
+        from tth_server.config import load_config
+        from tth_server.server import serve
+
+        async def main():
+            assert tracing.ENABLED
+            exporter = InMemorySpanExporter()
+            provider = TracerProvider()
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+            trace.set_tracer_provider(provider)  # an application's own provider: serve() keeps it
+            session = {"max_lead_ms": 1_000_000, "outbox_capacity": 100_000}
+            fail = {"adapter": "tone_tts", "options": {"fail_after": 0, "fail_category": "server"}}
+            server = await serve(load_config("mock", overrides={"session": session}, env={}), "127.0.0.1:0")
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                conv = Conversation(pb_grpc.ConversationServiceStub(channel))
+                await conv.start()
+                await conv.say("Hello there!")
+                events = await conv.until_terminal()
+                await conv.finish()
+            await server.stop(0)
+            turn_id, metrics = events[-1].turn_id, events[-1].turn_complete.metrics
+            spans = exporter.get_finished_spans()
+            turns = [s for s in spans if s.name == "tth.turn" and s.attributes["tth.turn_id"] == turn_id]
+            assert len(turns) == 1 and turns[0].attributes["tth.outcome"] == "completed", spans
+            assert turns[0].attributes["tth.time_to_first_audio_ms"] == metrics.time_to_first_audio_ms
+            children = {s.name for s in spans if s.parent is not None and s.parent.span_id == turns[0].context.span_id}
+            assert children == {"tth.llm", "tth.tts", "tth.avatar"}, children
+
+            # A failing stage records its error on its span, and the turn's span says failed.
+            exporter.clear()
+            overrides = {"session": session, "components": {"tts": fail}}
+            server = await serve(load_config("mock", overrides=overrides, env={}), "127.0.0.1:0")
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                conv = Conversation(pb_grpc.ConversationServiceStub(channel))
+                await conv.start()
+                await conv.say("Hello there!")
+                assert (await conv.until_terminal())[-1].HasField("error")
+                await conv.finish()
+            await server.stop(0)
+            spans = {s.name: s for s in exporter.get_finished_spans()}
+            assert spans["tth.turn"].attributes["tth.outcome"] == "failed"
+            assert spans["tth.tts"].status.status_code is trace.StatusCode.ERROR
+            assert any(e.name == "exception" for e in spans["tth.tts"].events)
+            print("ok")
+
+        asyncio.run(main())
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(OTEL), str(ROOT)])}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.strip().splitlines()[-1] == "ok"
