@@ -97,6 +97,18 @@ class ConversationServiceStub:
     -> (half-close)
     <- (status OK)
 
+    The same turn on a stream whose config set `batch_media`:
+
+    -> config {persona_id: "casual", batch_media: true}
+    <- seq 1 started {...}
+    -> text {text: "Hi there!"}
+    <- seq 2 turn t-1 text_delta {text: "Hey"}
+    <- seq 3 turn t-1 text_delta {text: "!"}
+    <- seq 4 turn t-1 media {audio [{timestamp_ms: 0, duration_ms: 40}]}
+    <- seq 9 turn t-1 media {audio [{timestamp_ms: 40, duration_ms: 120}],
+    video [{frame_index: 0}, {frame_index: 1}, {frame_index: 2}, {frame_index: 3}]}
+    <- ...
+
     A dropped connection, resumed:
 
     <- seq 41 turn t-2 audio {timestamp_ms: 1200}
@@ -226,6 +238,18 @@ class ConversationServiceServicer:
     <- seq 90 turn t-1 turn_complete {metrics {time_to_first_audio_ms: 31}}
     -> (half-close)
     <- (status OK)
+
+    The same turn on a stream whose config set `batch_media`:
+
+    -> config {persona_id: "casual", batch_media: true}
+    <- seq 1 started {...}
+    -> text {text: "Hi there!"}
+    <- seq 2 turn t-1 text_delta {text: "Hey"}
+    <- seq 3 turn t-1 text_delta {text: "!"}
+    <- seq 4 turn t-1 media {audio [{timestamp_ms: 0, duration_ms: 40}]}
+    <- seq 9 turn t-1 media {audio [{timestamp_ms: 40, duration_ms: 120}],
+    video [{frame_index: 0}, {frame_index: 1}, {frame_index: 2}, {frame_index: 3}]}
+    <- ...
 
     A dropped connection, resumed:
 
@@ -388,6 +412,18 @@ class ConversationService:
     <- seq 90 turn t-1 turn_complete {metrics {time_to_first_audio_ms: 31}}
     -> (half-close)
     <- (status OK)
+
+    The same turn on a stream whose config set `batch_media`:
+
+    -> config {persona_id: "casual", batch_media: true}
+    <- seq 1 started {...}
+    -> text {text: "Hi there!"}
+    <- seq 2 turn t-1 text_delta {text: "Hey"}
+    <- seq 3 turn t-1 text_delta {text: "!"}
+    <- seq 4 turn t-1 media {audio [{timestamp_ms: 0, duration_ms: 40}]}
+    <- seq 9 turn t-1 media {audio [{timestamp_ms: 40, duration_ms: 120}],
+    video [{frame_index: 0}, {frame_index: 1}, {frame_index: 2}, {frame_index: 3}]}
+    <- ...
 
     A dropped connection, resumed:
 
