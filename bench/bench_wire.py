@@ -40,7 +40,7 @@ from typing import Any
 import grpc
 import websockets
 
-from bench.common import NO_LIMITS, QUIET, ROOT, Row, channel, merge, report, server
+from bench.common import NO_LIMITS, QUIET, ROOT, Row, channel, media, merge, report, server
 from bench.floor import per_message_us
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
@@ -105,12 +105,8 @@ async def grpc_session(port: int, delay: float, batch: bool) -> float:
         await call.write(pb.ConverseRequest(config=pb.SessionConfig(batch_media=batch)))
         await call.write(pb.ConverseRequest(text=pb.UserText(text="Tell me about the harbour.")))
         while (event := await call.read()) is not grpc.aio.EOF:
-            arm = event.WhichOneof("event")
-            if arm == "media":
-                audio_ms += sum(chunk.duration_ms for chunk in event.media.audio)
-            elif arm == "audio":
-                audio_ms += event.audio.duration_ms
-            elif arm in ("turn_complete", "turn_interrupted", "error"):
+            audio_ms += sum(chunk.duration_ms for chunk in media(event)[0])
+            if event.WhichOneof("event") in ("turn_complete", "turn_interrupted", "error"):
                 break
         await call.done_writing()
         while await call.read() is not grpc.aio.EOF:

@@ -7,14 +7,12 @@ ports and stopping are tth_server.workers' (see there); even one worker runs in
 its own process, so benchmarks measure the workers' CPU apart from this one's.
 This adds `--overrides` (JSON merged over the profile), `--bench-fakes`
 (registers `bench.fakes` in every worker), a grace period of 1 s unless the
-overrides set one, `TTH_UVLOOP=1` (workers run on uvloop), and prints
-`READY <port> <pid>,...` on stdout once every worker accepts calls.
+overrides set one, and prints `READY <port> <pid>,...` on stdout once every worker accepts calls.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 import json
 import os
@@ -32,10 +30,6 @@ def _setup(bench_fakes: bool) -> None:
         from bench import fakes
 
         fakes.register()
-    if os.environ.get("TTH_UVLOOP"):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def _ready(port: int, pids: list[int]) -> None:
