@@ -294,7 +294,8 @@ async def test_a_failing_provider_fails_the_turn_once_and_the_session_goes_on(st
         failure = events[-1]
         assert failure.WhichOneof("event") == "error" and failure.turn_id
         assert failure.error.code == pb.ERROR_CODE_RESOURCE_EXHAUSTED and failure.error.retryable
-        assert arms(events).count("audio") == 3
+        # What the TTS made before it failed leaves as it is due; what had not left yet ends with the turn.
+        assert 1 <= arms(events).count("audio") <= 3
 
 
 async def test_create_session_then_attach_keeps_persona_and_defaults(stub: pb_grpc.ConversationServiceStub) -> None:

@@ -151,3 +151,32 @@ async def test_paced_media_never_runs_more_than_the_lead_ahead_of_real_time(
     assert max(ahead) <= lead_ms + 20
     # ... and media is sent ahead, not just in time: the lead is used.
     assert sorted(ahead)[len(ahead) // 2] > lead_ms * 0.3
+
+
+async def test_the_frames_of_a_tick_leave_with_its_audio_however_long_the_face_takes_to_draw(
+    start_server: ServerFactory,
+) -> None:
+    # The local face draws a frame in about a millisecond, so frames drawn only once their audio had left
+    # trailed it in messages of their own. Drawn ahead, they leave with it: past the first lead (sent at once,
+    # as it is made), every media message that is not the turn's tail carries audio and the frames for it.
+    lead_ms = 300.0
+    components = {**LLM, "avatar": {"adapter": "face_avatar"}}
+    server = await start_server(session={"max_lead_ms": lead_ms}, components=components)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        conv = Conversation(pb_grpc.ConversationServiceStub(channel))
+        await conv.start(batch_media=True)
+        await conv.say("Tell me about the harbour.")
+        events = await conv.until_terminal()
+        await conv.finish()
+    paced = [e.media for e in events if e.HasField("media") and min(_times(e)) >= lead_ms]
+    last_audio = max(i for i, m in enumerate(paced) if m.audio)
+    assert last_audio >= 10
+    assert all(m.audio and m.video for m in paced[:last_audio])
+    # ... and each message's frames are those of its own stretch of audio, give or take the frame in flight.
+    for m in paced[:last_audio]:
+        start, end = m.audio[0].timestamp_ms, m.audio[-1].timestamp_ms + m.audio[-1].duration_ms
+        assert all(start - 40 <= f.timestamp_ms < end + 40 for f in m.video)
+
+
+def _times(response: pb.ConverseResponse) -> list[float]:
+    return [a.timestamp_ms for a in response.media.audio] + [f.timestamp_ms for f in response.media.video]

@@ -1,12 +1,13 @@
 """The turn pipeline: LLM stream -> segmenter -> TTS stream -> avatar, all at once.
 
-Three tasks run concurrently for a turn and hand work on through small bounded
-queues: the LLM task sends text deltas as tokens arrive and cuts the text into
-segments; the speech task synthesizes each segment as soon as it is cut, puts
-the audio on the turn's media clock and sends it; the face task renders frames
-from that audio and sends them. Media is paced by a `Pacer`, so it runs at most
-a bounded lead ahead of real time (a `Generate` call runs unpaced). Cancelling
-`TurnPipeline.run` cancels every stage at once.
+Three stage tasks run concurrently for a turn and hand work on through small
+bounded queues: the LLM task sends text deltas as tokens arrive and cuts the text
+into segments; the speech task synthesizes each segment as soon as it is cut and
+puts the audio on the turn's media clock; the face task renders frames from that
+audio. Speech and face hand their media to the turn's `Outlet`, whose task sends
+it on as a `Pacer` lets it go, at most a bounded lead ahead of real time (a
+`Generate` call runs unpaced). Cancelling `TurnPipeline.run` cancels every task at
+once.
 
 With a combined realtime provider (LLM and TTS in one, `Stages.realtime`) the
 provider's stream of transcript and audio replaces the LLM, segmenter and TTS
@@ -24,6 +25,7 @@ import asyncio
 import math
 import time
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -168,6 +170,16 @@ class Pacer:
             return
         await _tick(math.ceil(due / self._tick_s), self._tick_s, now)
 
+    def due(self, timestamp_ms: float) -> bool:
+        """Whether media at `timestamp_ms` may leave now."""
+        if self._lead_s is None or self.zero is None:
+            return True
+        return self.zero + timestamp_ms / 1000 - self._lead_s <= time.monotonic()
+
+    async def ahead(self, timestamp_ms: float) -> None:
+        """Wait until media at `timestamp_ms` is one tick from leaving: how far ahead the stages make it."""
+        await self.wait(timestamp_ms - self._tick_s * 1000)
+
     def elapsed_ms(self) -> float:
         return 0.0 if self.zero is None else (time.monotonic() - self.zero) * 1000
 
@@ -237,6 +249,91 @@ class TurnRun:
         return m
 
 
+class Outlet:
+    """A turn's media between the stages that make it and the sink.
+
+    Speech and face hand over what they make, each in time order, as soon as they
+    make it; one task sends it on when the pacer lets it go, the earlier first, but
+    all the audio that may leave before the video that may. The speech stage keeps at most one tick ahead of what
+    may leave (`Pacer.ahead`), so the face has drawn a tick's frames before the
+    tick comes and they leave with their audio: one wake per turn per tick and, on
+    a stream that batches media, one message per tick however long a frame takes
+    to draw (the local face: 4 messages per tick before, when frames were drawn
+    after their audio had left). Media that may leave at once while nothing of its
+    kind is held goes straight to the sink from the stage that made it: the start
+    of a turn, the first audio above all, takes no hop, and the face sees the first
+    chunk after it has left, so drawing never delays it. The released media is
+    what the turn has sent: `TurnRun.audio_end_ms`, the spoken segments' ends and
+    words, the frame count.
+    """
+
+    def __init__(self, run: TurnRun, sink: TurnSink) -> None:
+        self._run = run
+        self._sink = sink
+        self._audio: deque[tuple[AudioChunk, SpokenSegment]] = deque()
+        self._video: deque[VideoFrame] = deque()
+        self._makers = 2  # speech and face, until each says it is done
+        self._more = asyncio.Event()
+
+    async def audio(self, chunk: AudioChunk, spoken: SpokenSegment) -> None:
+        if self._audio or not self._run.pacer.due(chunk.timestamp_ms):
+            self._audio.append((chunk, spoken))
+            self._more.set()
+        else:  # due now, nothing before it: no hop
+            await self._run.pacer.wait(chunk.timestamp_ms)  # the first chunk starts the turn's clock
+            await self._send_audio(chunk, spoken)
+
+    async def video(self, frame: VideoFrame) -> None:
+        if self._video or not self._run.pacer.due(frame.timestamp_ms):
+            self._video.append(frame)
+            self._more.set()
+        else:
+            await self._send_video(frame)
+
+    def done(self) -> None:
+        """A maker (speech or face) has handed over all it will make."""
+        self._makers -= 1
+        self._more.set()
+
+    async def run(self) -> None:
+        """Send everything handed over, each piece when the pacer lets it go; returns when the makers are done."""
+        audio, video, pacer = self._audio, self._video, self._run.pacer
+        while True:
+            if not audio and not video:
+                if not self._makers:
+                    return
+                self._more.clear()
+                await self._more.wait()
+                continue
+            # The earlier first, but all the audio that may leave before any video: chunks that leave one after
+            # another are merged into one by the outbox.
+            first = audio[0][0].timestamp_ms if audio else None
+            # Each leaves its deque once sent, so a maker sends past the outlet only when nothing of its is held.
+            if first is not None and (not video or first <= video[0].timestamp_ms or pacer.due(first)):
+                await pacer.wait(first)
+                await self._send_audio(*audio[0])
+                audio.popleft()
+            else:
+                await pacer.wait(video[0].timestamp_ms)
+                await self._send_video(video[0])
+                video.popleft()
+
+    async def _send_audio(self, chunk: AudioChunk, spoken: SpokenSegment) -> None:
+        run = self._run
+        if not run.audio_end_ms:
+            run.metrics.time_to_first_audio_ms = run.since_start_ms()
+        await self._sink.audio(chunk)
+        run.audio_end_ms = spoken.end_ms = chunk.end_ms
+        spoken.word_times.extend(m.time_ms for m in chunk.marks if m.kind is MarkKind.WORD)
+
+    async def _send_video(self, frame: VideoFrame) -> None:
+        run = self._run
+        if run.metrics.frames == 0:
+            run.metrics.time_to_first_video_ms = run.since_start_ms()
+        run.metrics.frames += 1  # handed to the sink; finish_metrics leaves only those the client got
+        await self._sink.video(frame)
+
+
 class _Report:
     """Collects each stage's applied and downgraded controls, once per distinct entry."""
 
@@ -295,10 +392,12 @@ class TurnPipeline:
         segments: asyncio.Queue[Segment | None] = asyncio.Queue(maxsize=4)
         audio: asyncio.Queue[AvatarInput | None] = asyncio.Queue(maxsize=8)
         llm_request = LLMRequest(prompt, request.user_text, request.history, controls)
+        outlet = Outlet(run, sink)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(metrics.stage("llm", self._write(run, llm, llm_request, sink, segments)))
-            tasks.create_task(metrics.stage("tts", self._speak(run, tts, report, sink, segments, audio)))
-            tasks.create_task(metrics.stage("avatar", self._animate(run, sink, audio)))
+            tasks.create_task(metrics.stage("tts", self._speak(run, tts, report, outlet, segments, audio)))
+            tasks.create_task(metrics.stage("avatar", self._animate(run, outlet, audio)))
+            tasks.create_task(outlet.run())
 
     async def _write(
         self,
@@ -348,18 +447,19 @@ class TurnPipeline:
         run: TurnRun,
         tts: TTSAdapter,
         report: _Report,
-        sink: TurnSink,
+        outlet: Outlet,
         segments: asyncio.Queue[Segment | None],
         out: asyncio.Queue[AvatarInput | None],
     ) -> None:
         avatar = self.stages.avatar
+        made_ms = 0.0  # the end of the audio made so far, on the turn's clock
         first_chunk = True
         while (segment := await segments.get()) is not None:
             controls = self.controls_for(run.request, segment.hint)
             tts_mapping, face_mapping = tts.map_controls(controls), avatar.map_controls(controls)
             report.add(Stage.TTS, tts_mapping)
             report.add(Stage.AVATAR, face_mapping)
-            spoken = SpokenSegment(segment.text, run.audio_end_ms, run.audio_end_ms)
+            spoken = SpokenSegment(segment.text, made_ms, made_ms)
             run.spoken.append(spoken)
             asked = time.monotonic()
             async for piece in tts.synthesize(segment.text, tts_mapping):
@@ -367,15 +467,9 @@ class TurnPipeline:
                     first_chunk = False
                     run.metrics.tts_first_byte_ms = (time.monotonic() - asked) * 1000
                     run.metrics.stages.append(StageTiming(Stage.TTS, run.metrics.tts_first_byte_ms, tts.name))
-                chunk = self._on_clock(piece, run.audio_end_ms)
-                await run.pacer.wait(chunk.timestamp_ms)
-                if not run.audio_end_ms:
-                    run.metrics.time_to_first_audio_ms = run.since_start_ms()
-                await sink.audio(chunk)
-                run.audio_end_ms = spoken.end_ms = chunk.end_ms
-                spoken.word_times.extend(m.time_ms for m in chunk.marks if m.kind is MarkKind.WORD)
-                await out.put(AvatarInput(chunk, face_mapping))
+                made_ms = await self._voice(run, piece, made_ms, spoken, face_mapping, outlet, out)
         await out.put(None)
+        outlet.done()
 
     async def _run_realtime(self, run: TurnRun, sink: TurnSink, report: _Report, realtime: RealtimeAdapter) -> None:
         request = run.request
@@ -397,13 +491,17 @@ class TurnPipeline:
             conversation = slot.conversation
             try:
                 async with asyncio.TaskGroup() as tasks:
+                    outlet = Outlet(run, sink)
                     tasks.create_task(
                         metrics.stage(
                             "realtime",
-                            self._converse(run, realtime.name, conversation, llm_request, mapping, face, sink, audio),
+                            self._converse(
+                                run, realtime.name, conversation, llm_request, mapping, face, sink, outlet, audio
+                            ),
                         )
                     )
-                    tasks.create_task(metrics.stage("avatar", self._animate(run, sink, audio)))
+                    tasks.create_task(metrics.stage("avatar", self._animate(run, outlet, audio)))
+                    tasks.create_task(outlet.run())
             except asyncio.CancelledError:
                 await self._truncate(conversation, run)
                 raise
@@ -420,12 +518,14 @@ class TurnPipeline:
         mapping: ControlMapping,
         face: ControlMapping,
         sink: TurnSink,
+        outlet: Outlet,
         out: asyncio.Queue[AvatarInput | None],
     ) -> None:
         spoken = SpokenSegment("", 0.0, 0.0)
         run.spoken.append(spoken)
         asked = time.monotonic()
         first = True
+        made_ms = 0.0
         async for item in conversation.respond(llm_request, mapping):
             if first:
                 first = False
@@ -437,17 +537,12 @@ class TurnPipeline:
                 spoken.text += item
                 await sink.text(item)
                 continue
-            if not run.audio_end_ms:
+            if not made_ms:
                 run.metrics.tts_first_byte_ms = (time.monotonic() - asked) * 1000
-            chunk = self._on_clock(item, run.audio_end_ms)
-            await run.pacer.wait(chunk.timestamp_ms)
-            if not run.audio_end_ms:
-                run.metrics.time_to_first_audio_ms = run.since_start_ms()
-            await sink.audio(chunk)
-            run.audio_end_ms = spoken.end_ms = chunk.end_ms
-            await out.put(AvatarInput(chunk, face))
+            made_ms = await self._voice(run, item, made_ms, spoken, face, outlet, out)
         spoken.text = spoken.text.strip()
         await out.put(None)
+        outlet.done()
 
     @staticmethod
     async def _truncate(conversation: RealtimeConversation, run: TurnRun) -> None:
@@ -458,6 +553,24 @@ class TurnPipeline:
         except (ProviderError, TimeoutError) as exc:
             log.warning("realtime truncate failed", error=str(exc), heard_ms=round(heard, 1))
 
+    async def _voice(
+        self,
+        run: TurnRun,
+        piece: AudioChunk,
+        made_ms: float,
+        spoken: SpokenSegment,
+        face: ControlMapping,
+        outlet: Outlet,
+        out: asyncio.Queue[AvatarInput | None],
+    ) -> float:
+        """Put a piece of speech on the turn's clock after `made_ms`, hand it to the outlet and the face, and
+        wait until making more is due; returns the end of the audio made."""
+        chunk = self._on_clock(piece, made_ms)
+        await outlet.audio(chunk, spoken)
+        await out.put(AvatarInput(chunk, face))
+        await run.pacer.ahead(chunk.timestamp_ms)
+        return chunk.end_ms
+
     @staticmethod
     def _on_clock(chunk: AudioChunk, at_ms: float) -> AudioChunk:
         """Move a chunk (stamped relative to its synthesis call) to `at_ms` on the turn's clock."""
@@ -465,10 +578,12 @@ class TurnPipeline:
         marks = tuple(SpeechMark(m.kind, m.time_ms + shift, m.text) for m in chunk.marks)
         return replace(chunk, timestamp_ms=at_ms, marks=marks)
 
-    async def _animate(self, run: TurnRun, sink: TurnSink, audio: asyncio.Queue[AvatarInput | None]) -> None:
+    async def _animate(self, run: TurnRun, outlet: Outlet, audio: asyncio.Queue[AvatarInput | None]) -> None:
+        """Draw the face as its audio comes in; the outlet sends each frame when it is due."""
         avatar = self.stages.avatar
         drift = run.drift = DriftController(run.request.render)
         first_audio_at: list[float] = []
+        first_frame = True
 
         async def inputs() -> AsyncIterator[AvatarInput]:
             while (item := await audio.get()) is not None:
@@ -480,11 +595,9 @@ class TurnPipeline:
             frame = drift.place(raw)
             if frame is None:
                 continue
-            if run.metrics.frames == 0:
+            if first_frame:
+                first_frame = False
                 run.metrics.avatar_first_frame_ms = (time.monotonic() - first_audio_at[0]) * 1000
                 run.metrics.stages.append(StageTiming(Stage.AVATAR, run.metrics.avatar_first_frame_ms, avatar.name))
-            await run.pacer.wait(frame.timestamp_ms)
-            if run.metrics.frames == 0:
-                run.metrics.time_to_first_video_ms = run.since_start_ms()
-            run.metrics.frames += 1  # produced; finish_metrics leaves only those sent
-            await sink.video(frame)
+            await outlet.video(frame)
+        outlet.done()
