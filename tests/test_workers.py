@@ -89,7 +89,14 @@ class Server:
                 if line.get("event") == event and where(line):
                     return line
             if time.monotonic() > deadline or (self.proc.returncode is not None and self.reader and self.reader.done()):
-                raise AssertionError(f"no {event!r} logged; the log:\n{''.join(self.text)[-3000:]}")
+                reader = "running"
+                if self.reader is not None and self.reader.done():
+                    reader = "cancelled" if self.reader.cancelled() else f"ended ({self.reader.exception()!r})"
+                raise AssertionError(
+                    f"no {event!r} logged in {within_s - (deadline - time.monotonic()):.1f} s (server exit code "
+                    f"{self.proc.returncode}, log reader {reader}, {len(self.lines)} lines); the log:\n"
+                    f"{''.join(self.text)[-3000:]}"
+                )
             await asyncio.sleep(0.02)
 
     def worker_pids(self) -> set[int]:
