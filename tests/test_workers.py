@@ -81,12 +81,17 @@ class Server:
                 self.lines.append(json.loads(line))
 
     async def logged(
-        self, event: str, where: Callable[[dict[str, Any]], bool] = lambda _: True, within_s: float = 15.0
+        self,
+        event: str | tuple[str, ...],
+        where: Callable[[dict[str, Any]], bool] = lambda _: True,
+        within_s: float = 15.0,
     ) -> dict[str, Any]:
+        """The first line logged of `event` (or of any of several) for which `where` holds, waiting for it."""
+        events = (event,) if isinstance(event, str) else event
         deadline = time.monotonic() + within_s
         while True:
             for line in self.lines:
-                if line.get("event") == event and where(line):
+                if line.get("event") in events and where(line):
                     return line
             if time.monotonic() > deadline or (self.proc.returncode is not None and self.reader and self.reader.done()):
                 reader = "running"
@@ -165,7 +170,10 @@ async def test_connections_spread_over_the_workers_and_sigterm_stops_them_all(st
     served: dict[str, int] = {}
     for _ in range(5):  # 8 connections all hashed to one worker: 1 in 128; five rounds of that: never
         for session_id in await asyncio.gather(*(_turn(server.port) for _ in range(8))):
-            line = await server.logged("session started", lambda line, s=session_id: line.get("session_id") == s)
+            # Which worker served it: any of the session's log lines says (its pid is bound in each worker).
+            line = await server.logged(
+                ("session started", "turn"), lambda line, s=session_id: line.get("session_id") == s
+            )
             served[session_id] = line["pid"]
         if set(served.values()) == pids:
             break
