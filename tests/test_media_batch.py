@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Sequence
 
 import grpc
 import pytest
@@ -17,16 +18,17 @@ from tth_client.v1 import media_pb2 as mpb
 
 REPLY = "The tide came in slowly. Boats rocked at the pier, and the gulls called over the water."
 LLM = {"llm": {"adapter": "scripted", "options": {"reply": REPLY, "hints": False}}}
+Response = pb.ConverseResponse | pb.GenerateResponse
 
 
-def _items(response: pb.ConverseResponse) -> int:
+def _items(response: Response) -> int:
     """How many events of the session's sequence a response carries."""
     if response.HasField("media"):
         return len(response.media.audio) + len(response.media.video)
     return 1
 
 
-def _media(events: list[pb.ConverseResponse]) -> tuple[bytes, list[tuple[int, float]], list[mpb.AudioChunk]]:
+def _media(events: Sequence[Response]) -> tuple[bytes, list[tuple[int, float]], list[mpb.AudioChunk]]:
     """A turn's speech (PCM), its frames (index, time) and its audio chunks, from either kind of stream."""
     audio: list[mpb.AudioChunk] = []
     frames: list[mpb.VideoFrame] = []
@@ -180,3 +182,30 @@ async def test_the_frames_of_a_tick_leave_with_its_audio_however_long_the_face_t
 
 def _times(response: pb.ConverseResponse) -> list[float]:
     return [a.timestamp_ms for a in response.media.audio] + [f.timestamp_ms for f in response.media.video]
+
+
+async def test_generate_with_batch_media_sends_the_same_turn_in_fewer_responses_numbered_alike(
+    start_server: ServerFactory,
+) -> None:
+    server = await start_server(components=LLM)
+    turns: dict[bool, list[pb.GenerateResponse]] = {}
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ConversationServiceStub(channel)
+        for batch in (False, True):
+            request = pb.GenerateRequest(text="Tell me about the harbour.", batch_media=batch)
+            turns[batch] = [r async for r in stub.Generate(request)]
+
+    plain, batched = turns[False], turns[True]
+    assert not any(r.HasField("media") for r in plain)
+    assert not any(r.HasField("audio") or r.HasField("video") for r in batched)
+    assert _media(batched)[:2] == _media(plain)[:2]  # the same speech, sample for sample, and the same frames
+    assert len(batched) * 3 < len(plain)
+    # Numbered as the per-event form is: a batch of n takes n numbers and carries its last.
+    assert [r.seq for r in batched][:1] == [1] and batched[0].HasField("started")
+    for prev, nxt in itertools.pairwise(batched):
+        assert nxt.seq == prev.seq + _items(nxt)
+    assert batched[-1].HasField("turn_complete")
+    # The SDK unpacks a Generate batch as it does a Converse one.
+    events = [e for r in batched for e in events_from_response(r)]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert b"".join(e.audio.data for e in events if isinstance(e, AudioEvent)) == _media(plain)[0]

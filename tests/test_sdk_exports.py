@@ -8,7 +8,7 @@ from typing import Any
 
 import tth_client
 from tth_client import _exceptions
-from tth_client._events import AudioEvent, VideoEvent, event_from_generate, events_from_response
+from tth_client._events import AudioEvent, VideoEvent, events_from_response
 from tth_client.v1 import controls_pb2 as cpb
 from tth_client.v1 import conversation_pb2 as pb
 
@@ -49,7 +49,7 @@ def test_every_sdk_exception_is_a_tth_error_and_is_drawn_in_the_tree() -> None:
 def test_every_event_arm_of_both_streams_has_an_event_class() -> None:
     streams: list[tuple[Any, Any]] = [
         (pb.ConverseResponse, events_from_response),
-        (pb.GenerateResponse, lambda response: [event_from_generate(response)]),
+        (pb.GenerateResponse, events_from_response),
     ]
     for message, convert in streams:
         for field in message.DESCRIPTOR.oneofs_by_name["event"].fields:

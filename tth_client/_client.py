@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tth_client._channel import ChannelOptions, Connection
 from tth_client._controls import Controls, turn_control
-from tth_client._events import event_from_generate
+from tth_client._events import events_from_response
 from tth_client._exceptions import ClosedError, TTHError, from_rpc_error
 from tth_client._session import Session
 from tth_client._turn import Turn
@@ -172,7 +172,7 @@ class Client:
         """
         persona = controls.pop("persona", "")
         request = pb.GenerateRequest(
-            text=text, persona_id=persona, control=turn_control(control, **controls), render=render
+            text=text, persona_id=persona, control=turn_control(control, **controls), render=render, batch_media=True
         )
         stub = pb_grpc.ConversationServiceStub(self.channel)
         call = stub.Generate(request, metadata=self._connection.metadata())
@@ -190,8 +190,7 @@ class Client:
         error: TTHError = ClosedError("the Generate call ended before its terminal event")
         try:
             async for response in call:
-                event = event_from_generate(response)
-                if event is not None:
+                for event in events_from_response(response):  # none for an event kind newer than this SDK
                     turn._push(event)
         except grpc.RpcError as exc:
             error = (

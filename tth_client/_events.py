@@ -30,7 +30,6 @@ __all__ = [
     "TurnCompleteEvent",
     "TurnInterruptedEvent",
     "VideoEvent",
-    "event_from_generate",
     "event_from_response",
     "events_from_response",
 ]
@@ -149,25 +148,28 @@ _ARMS: dict[str, type[Event]] = {
 }
 
 
-def event_from_response(response: pb.ConverseResponse) -> Event | None:
-    """The event for a `ConverseResponse`; None for an arm this SDK version does not know."""
+def event_from_response(response: pb.ConverseResponse | pb.GenerateResponse) -> Event | None:
+    """The event for a `ConverseResponse` or a `GenerateResponse` (no session: `session_id` is ""); None for an
+    arm this SDK version does not know, and for a `media` batch (`events_from_response` unpacks those)."""
     arm = response.WhichOneof("event")
     cls = _ARMS.get(arm) if arm else None
     if cls is None:
         return None
-    return cls(response.session_id, response.turn_id, response.seq, getattr(response, arm))  # type: ignore[arg-type]
+    session_id = response.session_id if isinstance(response, pb.ConverseResponse) else ""
+    return cls(session_id, response.turn_id, response.seq, getattr(response, arm))  # type: ignore[arg-type]
 
 
-def events_from_response(response: pb.ConverseResponse) -> list[Event]:
-    """The events of a `ConverseResponse`: one, or for a `media` batch of n items an `AudioEvent` per chunk
-    and a `VideoEvent` per frame in order on the media clock (audio first at equal times), numbered
-    `seq - n + 1` to `seq` as the session numbered them; none for an arm this SDK version does not know."""
+def events_from_response(response: pb.ConverseResponse | pb.GenerateResponse) -> list[Event]:
+    """The events of a `ConverseResponse` or a `GenerateResponse`: one, or for a `media` batch of n items an
+    `AudioEvent` per chunk and a `VideoEvent` per frame in order on the media clock (audio first at equal times),
+    numbered `seq - n + 1` to `seq` as the server numbered them; none for an arm this SDK version does not know."""
     if response.WhichOneof("event") != "media":
         event = event_from_response(response)
         return [] if event is None else [event]
     items: list[mpb.AudioChunk | mpb.VideoFrame] = [*response.media.audio, *response.media.video]
     media = sorted(items, key=_media_time)  # stable: audio first
-    sid, tid, first = response.session_id, response.turn_id, response.seq - len(media) + 1
+    sid = response.session_id if isinstance(response, pb.ConverseResponse) else ""
+    tid, first = response.turn_id, response.seq - len(media) + 1
     return [
         AudioEvent(sid, tid, first + i, item)
         if isinstance(item, mpb.AudioChunk)
@@ -178,15 +180,6 @@ def events_from_response(response: pb.ConverseResponse) -> list[Event]:
 
 def _media_time(item: mpb.AudioChunk | mpb.VideoFrame) -> float:
     return item.timestamp_ms
-
-
-def event_from_generate(response: pb.GenerateResponse) -> Event | None:
-    """The event for a `GenerateResponse` (no session: `session_id` is "")."""
-    arm = response.WhichOneof("event")
-    cls = _ARMS.get(arm) if arm else None
-    if cls is None:
-        return None
-    return cls("", response.turn_id, response.seq, getattr(response, arm))  # type: ignore[arg-type]
 
 
 def is_terminal(event: Event) -> bool:

@@ -293,11 +293,7 @@ def started_proto(event: Started, session_id: str) -> pb.SessionStarted:
 def converse_response(event: Outgoing, session_id: str, seq: int) -> pb.ConverseResponse:
     if isinstance(event, MediaBatch):  # the hot path on a batching stream: fill in place
         response = pb.ConverseResponse(session_id=session_id, turn_id=event.turn_id, seq=seq)
-        media = response.media
-        for chunk in event.audio:
-            _fill_audio(media.audio.add(), chunk)
-        for frame in event.video:
-            _fill_frame(media.video.add(), frame)
+        _fill_batch(response.media, event)
         return response
     if isinstance(event, VideoOut | AudioOut):  # the hot path, about 30 a second per session: fill in place
         return _media_response(event, session_id, seq)
@@ -317,6 +313,17 @@ def _media_response(event: AudioOut | VideoOut, session_id: str, seq: int) -> pb
     return response
 
 
-def generate_response(event: Event, seq: int) -> pb.GenerateResponse:
+def _fill_batch(message: mpb.MediaBatch, batch: MediaBatch) -> None:
+    for chunk in batch.audio:
+        _fill_audio(message.audio.add(), chunk)
+    for frame in batch.video:
+        _fill_frame(message.video.add(), frame)
+
+
+def generate_response(event: Outgoing, seq: int) -> pb.GenerateResponse:
+    if isinstance(event, MediaBatch):
+        response = pb.GenerateResponse(turn_id=event.turn_id, seq=seq)
+        _fill_batch(response.media, event)
+        return response
     arm, message = _payload(event)
     return pb.GenerateResponse(turn_id=event.turn_id, seq=seq, **{arm: message})

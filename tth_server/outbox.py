@@ -29,13 +29,35 @@ import asyncio
 from collections import Counter, deque
 from collections.abc import Callable
 
-from tth_server.events import AudioOut, Event, TextOut, TurnCompleted, VideoOut
-from tth_server.media import AudioChunk
+from tth_server.events import AudioOut, Event, MediaBatch, TextOut, TurnCompleted, VideoOut
+from tth_server.media import AudioChunk, VideoFrame
 
 MAX_AUDIO_MS = 200.0  # the longest audio event made by merging queued chunks
 # A stream that batches media takes the media queued behind an event into one message, up to:
 MAX_BATCH_ITEMS = 64
 MAX_BATCH_BYTES = 512 * 1024  # well under the 4 MiB gRPC clients accept by default
+
+
+def gather_media(first: AudioOut | VideoOut, take: Callable[[], AudioOut | VideoOut | None]) -> MediaBatch:
+    """`first` and the media `take` hands over right behind it (None: nothing more ready), as one batch of at most
+    `MAX_BATCH_ITEMS` items and about `MAX_BATCH_BYTES`. `take` hands over only media of `first`'s turn."""
+    audio: list[AudioChunk] = []
+    video: list[VideoFrame] = []
+    size, event = 0, first
+    while True:
+        if isinstance(event, AudioOut):
+            audio.append(event.chunk)
+            size += len(event.chunk.pcm)
+        else:
+            video.append(event.frame)
+            size += len(event.frame.data)
+        if size >= MAX_BATCH_BYTES or len(audio) + len(video) >= MAX_BATCH_ITEMS:
+            break
+        nxt = take()
+        if nxt is None:
+            break
+        event = nxt
+    return MediaBatch(first.turn_id, tuple(audio), tuple(video))
 
 
 class Outbox:

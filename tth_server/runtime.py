@@ -20,9 +20,21 @@ from tth_server.auth import ANONYMOUS, KeyStore
 from tth_server.config import Config, ConfigError
 from tth_server.controls import ControlError, ControlPatch
 from tth_server.errors import turn_failure
-from tth_server.events import AudioOut, ErrorCode, Event, Notice, NoticeKind, Started, TextOut, TurnCompleted, VideoOut
+from tth_server.events import (
+    AudioOut,
+    ErrorCode,
+    Event,
+    Notice,
+    NoticeKind,
+    Outgoing,
+    Started,
+    TextOut,
+    TurnCompleted,
+    VideoOut,
+)
 from tth_server.limits import Limits
 from tth_server.media import AudioChunk, RenderRequest, RenderSettings, VideoFrame
+from tth_server.outbox import gather_media
 from tth_server.personas import PersonaCatalog
 from tth_server.pipeline import Pacer, SegmentPolicy, Stages, TurnPipeline, TurnRequest, TurnRun
 from tth_server.session import Session
@@ -127,9 +139,10 @@ class Runtime:
         return session
 
     async def generate(
-        self, text: str, persona_id: str, patch: ControlPatch, render: RenderRequest
-    ) -> AsyncIterator[Event]:
-        """One whole turn, unpaced, as events; the last is TurnCompleted or an ErrorOut."""
+        self, text: str, persona_id: str, patch: ControlPatch, render: RenderRequest, batch_media: bool = False
+    ) -> AsyncIterator[Outgoing]:
+        """One whole turn, unpaced, as events; the last is TurnCompleted or an ErrorOut. With `batch_media`, media
+        events come as `MediaBatch`es of what was ready together, as on a batching Converse stream."""
         persona = self.personas.get(persona_id or self.personas.default_id, "persona_id")
         if patch.persona_id is not None:
             persona = self.personas.get(patch.persona_id, "control.character.persona_id")
@@ -151,11 +164,22 @@ class Runtime:
                 await queue.put(TurnCompleted(turn_id, run.metrics, run.report, run.text))
             await queue.put(None)
 
+        held: list[Event | None] = []  # what `take` found behind the media it gathered: sent next
+
+        def take() -> AudioOut | VideoOut | None:
+            if queue.empty():
+                return None
+            event = queue.get_nowait()
+            if isinstance(event, AudioOut | VideoOut):
+                return event
+            held.append(event)
+            return None
+
         task = asyncio.get_running_loop().create_task(produce())
         try:
             yield Started(self.sample_rate_hz, settings, persona.id, persona.name, turn_id)
-            while (event := await queue.get()) is not None:
-                yield event
+            while (event := held.pop() if held else await queue.get()) is not None:
+                yield gather_media(event, take) if batch_media and isinstance(event, AudioOut | VideoOut) else event
         finally:
             task.cancel()
             await asyncio.wait([task])

@@ -27,7 +27,7 @@ from tth_server.auth import ANONYMOUS
 from tth_server.controls import ControlError
 from tth_server.convert import Malformed
 from tth_server.errors import STATUS_CODES
-from tth_server.events import ErrorCode, ErrorOut, InterruptReason, Notice, NoticeKind
+from tth_server.events import ErrorCode, ErrorOut, InterruptReason, MediaBatch, Notice, NoticeKind
 from tth_server.limits import LimitExceeded
 from tth_server.logs import log
 from tth_server.runtime import Runtime
@@ -298,14 +298,14 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             text = convert.text_from_proto(request.text, limit, "text")
             patch = convert.patch_from_proto(request.control, "control")
             render = convert.render_from_proto(request.render, "render")
-            events = self.runtime.generate(text, request.persona_id, patch, render)
+            events = self.runtime.generate(text, request.persona_id, patch, render, request.batch_media)
             first = await anext(events)
         except ControlError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         seq = 1
         yield convert.generate_response(first, seq)
         async for event in events:
-            seq += 1
+            seq += len(event.audio) + len(event.video) if isinstance(event, MediaBatch) else 1  # n items, n numbers
             yield convert.generate_response(event, seq)
 
     async def ListModels(

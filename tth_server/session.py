@@ -50,7 +50,7 @@ from tth_server.events import (
 )
 from tth_server.logs import log
 from tth_server.media import AudioChunk, RenderSettings, VideoFrame
-from tth_server.outbox import MAX_BATCH_BYTES, MAX_BATCH_ITEMS, Outbox, ReplayBuffer
+from tth_server.outbox import Outbox, ReplayBuffer, gather_media
 from tth_server.pipeline import ConversationSlot, Pacer, SegmentPolicy, TurnRequest, TurnRun
 from tth_server.store import SessionRecord, StoreError
 
@@ -314,31 +314,20 @@ class Session:
 
     def _batch(self, attachment: Attachment, first: AudioOut | VideoOut) -> MediaBatch:
         """`first` and the media of its turn ready right behind it (held for replay, or queued)."""
-        audio: list[AudioChunk] = []
-        video: list[VideoFrame] = []
-        size, event = 0, first
-        while True:
-            if isinstance(event, AudioOut):
-                audio.append(event.chunk)
-                size += len(event.chunk.pcm)
-            else:
-                video.append(event.frame)
-                size += len(event.frame.data)
-            if size >= MAX_BATCH_BYTES or len(audio) + len(video) >= MAX_BATCH_ITEMS:
-                break
+
+        def take() -> AudioOut | VideoOut | None:
             if attachment.cursor < self.replay.last_seq:
                 held = self.replay.after(attachment.cursor) if self.replay.holds_after(attachment.cursor) else None
                 if not isinstance(held, AudioOut | VideoOut) or held.turn_id != first.turn_id:
-                    break
+                    return None
                 attachment.cursor += 1
-                event = held
-            else:
-                queued = self.outbox.get_media_nowait(first.turn_id)
-                if queued is None:
-                    break
+                return held
+            queued = self.outbox.get_media_nowait(first.turn_id)
+            if queued is not None:
                 attachment.cursor = self.replay.append(queued)
-                event = queued
-        return MediaBatch(first.turn_id, tuple(audio), tuple(video))
+            return queued
+
+        return gather_media(first, take)
 
     # ---- the store -------------------------------------------------------------------------------------------------
 

@@ -1011,10 +1011,17 @@ class GenerateRequest(_message.Message):
     PERSONA_ID_FIELD_NUMBER: _builtins.int
     CONTROL_FIELD_NUMBER: _builtins.int
     RENDER_FIELD_NUMBER: _builtins.int
+    BATCH_MEDIA_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Required. The user's text, 1 to 4000 characters after trimming (configurable)."""
     persona_id: _builtins.str
     """Optional. Persona id; empty means the server's default persona."""
+    batch_media: _builtins.bool
+    """Optional. As `SessionConfig.batch_media`: true sends the audio and video
+    that are ready together as one `media` response (a whole turn in a few
+    dozen responses instead of several hundred), false (the default) one
+    response per chunk and frame.
+    """
     @_builtins.property
     def control(self) -> _controls_pb2.TurnControl:
         """Optional. The turn's controls."""
@@ -1030,10 +1037,11 @@ class GenerateRequest(_message.Message):
         persona_id: _builtins.str = ...,
         control: _controls_pb2.TurnControl | None = ...,
         render: _controls_pb2.RenderOptions | None = ...,
+        batch_media: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["control", b"control", "render", b"render"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["control", b"control", "persona_id", b"persona_id", "render", b"render", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_media", b"batch_media", "control", b"control", "persona_id", b"persona_id", "render", b"render", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1041,7 +1049,10 @@ Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
 
 @_typing.final
 class GenerateResponse(_message.Message):
-    """An event of a `Generate` turn, sent as fast as it is produced (no pacing)."""
+    """An event of a `Generate` turn, sent as fast as it is produced (no pacing).
+    With `batch_media`, a `media` response of n chunks and frames takes n
+    numbers and carries the last, as on a `Converse` stream.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1053,6 +1064,7 @@ class GenerateResponse(_message.Message):
     VIDEO_FIELD_NUMBER: _builtins.int
     TURN_COMPLETE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    MEDIA_FIELD_NUMBER: _builtins.int
     turn_id: _builtins.str
     """Required. The turn's id."""
     seq: _builtins.int
@@ -1081,6 +1093,10 @@ class GenerateResponse(_message.Message):
     def error(self) -> Global___Error:
         """The turn failed; the last event."""
 
+    @_builtins.property
+    def media(self) -> _media_pb2.MediaBatch:
+        """Chunks and frames ready together, when the request set `batch_media`."""
+
     def __init__(
         self,
         *,
@@ -1092,12 +1108,13 @@ class GenerateResponse(_message.Message):
         video: _media_pb2.VideoFrame | None = ...,
         turn_complete: Global___TurnComplete | None = ...,
         error: Global___Error | None = ...,
+        media: _media_pb2.MediaBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "event", b"event", "started", b"started", "text_delta", b"text_delta", "turn_complete", b"turn_complete", "video", b"video"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "event", b"event", "media", b"media", "started", b"started", "text_delta", b"text_delta", "turn_complete", b"turn_complete", "video", b"video"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "event", b"event", "seq", b"seq", "started", b"started", "text_delta", b"text_delta", "turn_complete", b"turn_complete", "turn_id", b"turn_id", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "event", b"event", "media", b"media", "seq", b"seq", "started", b"started", "text_delta", b"text_delta", "turn_complete", b"turn_complete", "turn_id", b"turn_id", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "text_delta", "audio", "video", "turn_complete", "error"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "text_delta", "audio", "video", "turn_complete", "error", "media"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
