@@ -140,6 +140,30 @@ async def test_turns_beyond_the_per_minute_limit_get_an_in_stream_error(servers)
     assert "limits.turns_per_minute_per_key" in refused.error.message
 
 
+async def test_generate_counts_against_the_turn_budget_and_holds_a_session_place_while_it_runs(servers) -> None:  # type: ignore[no-untyped-def]
+    server = await servers(env={"TTH_API_KEYS": "a"}, limits={"max_sessions_per_key": 1, "turns_per_minute_per_key": 3})
+    stub = _stub(server.port)
+    a = (("authorization", "Bearer a"),)
+    conv = Conversation(stub, "a")
+    await conv.start()  # the key's one place is taken: a Generate waits for none, it is refused
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        [r async for r in stub.Generate(pb.GenerateRequest(text="Hi!"), metadata=a)]
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "limits.max_sessions_per_key" in str(err.value.details())
+    await conv.finish()
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # refused at its start, it gives its place back too
+        [r async for r in stub.Generate(pb.GenerateRequest(text="Hi!", persona_id="nobody"), metadata=a)]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "persona_id" in str(err.value.details())
+    for _ in range(2):  # a finished Generate gives its place back; its turns count (with the refused one: 3)
+        responses = [r async for r in stub.Generate(pb.GenerateRequest(text="Hi!"), metadata=a)]
+        assert responses[-1].WhichOneof("event") == "turn_complete"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        [r async for r in stub.Generate(pb.GenerateRequest(text="Hi!"), metadata=a)]
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "limits.turns_per_minute_per_key" in str(err.value.details())
+    assert 0 < int(dict(err.value.trailing_metadata() or ())["retry-after-ms"]) <= 60_001
+
+
 async def test_an_idle_session_gets_a_notice_then_ends(servers) -> None:  # type: ignore[no-untyped-def]
     server = await servers(limits={"session_idle_s": 0.6, "end_notice_s": 0.4})
     conv = Conversation(_stub(server.port))

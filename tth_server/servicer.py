@@ -293,20 +293,39 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.message("the GenerateRequest"))
         if self.runtime.draining:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+        key = await self._admit(context)
+        limits = self.runtime.limits
         try:
             limit = self.runtime.config.session.max_text_chars
             text = convert.text_from_proto(request.text, limit, "text")
             patch = convert.patch_from_proto(request.control, "control")
             render = convert.render_from_proto(request.render, "render")
-            events = self.runtime.generate(text, request.persona_id, patch, render, request.batch_media)
-            first = await anext(events)
+            # A Generate call holds a session's place while it runs, and is a turn of the key's budget; a call
+            # refused for either counts for neither.
+            limits.open_session(key)
+            try:
+                limits.admit_turn(key)
+            except LimitExceeded:
+                limits.close_session(key)
+                raise
         except ControlError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        seq = 1
-        yield convert.generate_response(first, seq)
-        async for event in events:
-            seq += len(event.audio) + len(event.video) if isinstance(event, MediaBatch) else 1  # n items, n numbers
-            yield convert.generate_response(event, seq)
+        except LimitExceeded as exc:
+            context.set_trailing_metadata((("retry-after-ms", str(int(exc.retry_after_s * 1000) + 1)),))
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        try:
+            events = self.runtime.generate(text, request.persona_id, patch, render, request.batch_media)
+            try:
+                first = await anext(events)  # the persona is checked here
+            except ControlError as exc:
+                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            seq = 1
+            yield convert.generate_response(first, seq)
+            async for event in events:
+                seq += len(event.audio) + len(event.video) if isinstance(event, MediaBatch) else 1  # n items, n numbers
+                yield convert.generate_response(event, seq)
+        finally:
+            limits.close_session(key)
 
     async def ListModels(
         self, request: pb.ListModelsRequest | Malformed, context: grpc.aio.ServicerContext
