@@ -194,6 +194,25 @@ async def test_control_update_applies_from_the_next_turn_on(start_server: Server
         assert tts(report, "character.speech_rate").value == "0.8"
 
 
+async def test_an_inline_hint_from_the_llm_applies_to_the_speech_from_its_segment_on(
+    start_server: ServerFactory,
+) -> None:
+    reply = "Well, let me see. [sad 0.9] That is a pity. It rained all week. [happy] But the sun is out now."
+    stub = await _stub(start_server, session=UNPACED, components=_llm(reply=reply))
+    conv = Conversation(stub)
+    await conv.start()
+    await conv.say("How was the week?")
+    events = await conv.until_terminal()
+    done = events[-1].turn_complete
+    assert "[" not in done.text and "pity" in done.text  # the tags are lifted out of the text
+    tts = {
+        (a.value, a.source)
+        for a in done.control_report.applied
+        if a.field == "emotion.label" and a.stage == pb.STAGE_TTS
+    }
+    assert tts == {("neutral", "default"), ("sad", "llm_hint"), ("happy", "llm_hint")}
+
+
 async def test_turn_controls_override_the_pending_update_for_that_turn_only(
     stub: pb_grpc.ConversationServiceStub,
 ) -> None:

@@ -395,7 +395,7 @@ class TurnPipeline:
         outlet = Outlet(run, sink)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(metrics.stage("llm", self._write(run, llm, llm_request, sink, segments)))
-            tasks.create_task(metrics.stage("tts", self._speak(run, tts, report, outlet, segments, audio)))
+            tasks.create_task(metrics.stage("tts", self._speak(run, tts, report, outlet, segments, audio, controls)))
             tasks.create_task(metrics.stage("avatar", self._animate(run, outlet, audio)))
             tasks.create_task(outlet.run())
 
@@ -450,15 +450,20 @@ class TurnPipeline:
         outlet: Outlet,
         segments: asyncio.Queue[Segment | None],
         out: asyncio.Queue[AvatarInput | None],
+        controls: Controls,
     ) -> None:
+        """Speak each segment with `controls` (the turn's), or with its hint's on top when it has one."""
         avatar = self.stages.avatar
         made_ms = 0.0  # the end of the audio made so far, on the turn's clock
         first_chunk = True
+        mapped: tuple[ControlPatch | None, ControlMapping, ControlMapping] | None = None  # for the last hint
         while (segment := await segments.get()) is not None:
-            controls = self.controls_for(run.request, segment.hint)
-            tts_mapping, face_mapping = tts.map_controls(controls), avatar.map_controls(controls)
-            report.add(Stage.TTS, tts_mapping)
-            report.add(Stage.AVATAR, face_mapping)
+            if mapped is None or segment.hint is not mapped[0]:  # segments share a hint until the LLM sends another
+                hinted = controls if segment.hint is None else self.controls_for(run.request, segment.hint)
+                mapped = segment.hint, tts.map_controls(hinted), avatar.map_controls(hinted)
+                report.add(Stage.TTS, mapped[1])
+                report.add(Stage.AVATAR, mapped[2])
+            _, tts_mapping, face_mapping = mapped
             spoken = SpokenSegment(segment.text, made_ms, made_ms)
             run.spoken.append(spoken)
             asked = time.monotonic()
