@@ -175,6 +175,11 @@ def server(
     running = ServerProcess(proc, int(port), [int(p) for p in pids.split(",")], log)
     try:
         yield running
+    except Exception:
+        # A benchmark that fails says what its server said (a server that died shows why).
+        tail = log.read_text()[-3000:]
+        sys.stderr.write(f"[bench] server {args[2]} (exit code {proc.poll()}), the end of its log:\n{tail}\n")
+        raise
     finally:
         running.stop()
         with contextlib.suppress(OSError):
