@@ -165,7 +165,7 @@ class Pacer:
         if self.zero is None:
             self.zero = now
             return
-        due = self.zero + timestamp_ms / 1000 - self._lead_s
+        due = self._due_at(self.zero, self._lead_s, timestamp_ms)
         if due <= now:
             return
         await _tick(math.ceil(due / self._tick_s), self._tick_s, now)
@@ -174,7 +174,12 @@ class Pacer:
         """Whether media at `timestamp_ms` may leave now."""
         if self._lead_s is None or self.zero is None:
             return True
-        return self.zero + timestamp_ms / 1000 - self._lead_s <= time.monotonic()
+        return self._due_at(self.zero, self._lead_s, timestamp_ms) <= time.monotonic()
+
+    @staticmethod
+    def _due_at(zero: float, lead_s: float, timestamp_ms: float) -> float:
+        """When media at `timestamp_ms` may leave, on the monotonic clock: one lead before it plays."""
+        return zero + timestamp_ms / 1000 - lead_s
 
     async def ahead(self, timestamp_ms: float) -> None:
         """Wait until media at `timestamp_ms` is one tick from leaving: how far ahead the stages make it."""
@@ -254,9 +259,9 @@ class Outlet:
 
     Speech and face hand over what they make, each in time order, as soon as they
     make it; one task sends it on when the pacer lets it go, the earlier first, but
-    all the audio that may leave before the video that may. The speech stage keeps at most one tick ahead of what
-    may leave (`Pacer.ahead`), so the face has drawn a tick's frames before the
-    tick comes and they leave with their audio: one wake per turn per tick and, on
+    all the audio that may leave before the video that may. The speech stage keeps
+    at most one tick ahead of what may leave (`Pacer.ahead`), so the face has drawn
+    a tick's frames before the tick comes and they leave with their audio: one wake per turn per tick and, on
     a stream that batches media, one message per tick however long a frame takes
     to draw (the local face: 4 messages per tick before, when frames were drawn
     after their audio had left). Media that may leave at once while nothing of its
@@ -306,9 +311,9 @@ class Outlet:
                 await self._more.wait()
                 continue
             # The earlier first, but all the audio that may leave before any video: chunks that leave one after
-            # another are merged into one by the outbox.
+            # another are merged into one by the outbox. Each piece leaves its deque only once sent, so a maker
+            # sends past the outlet (`audio`, `video`) only when nothing of its kind is held or on its way.
             first = audio[0][0].timestamp_ms if audio else None
-            # Each leaves its deque once sent, so a maker sends past the outlet only when nothing of its is held.
             if first is not None and (not video or first <= video[0].timestamp_ms or pacer.due(first)):
                 await pacer.wait(first)
                 await self._send_audio(*audio[0])
