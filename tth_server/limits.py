@@ -51,6 +51,16 @@ class Limits:
         if self._sessions[key_id] <= 0:
             del self._sessions[key_id]
 
+    def open_generate(self, key_id: str) -> None:
+        """A `Generate` call: a session's place (give it back with `close_session`) and a turn of the key's
+        budget, both or neither; raises LimitExceeded for whichever is spent."""
+        self.open_session(key_id)
+        try:
+            self.admit_turn(key_id)
+        except LimitExceeded:
+            self.close_session(key_id)
+            raise
+
     def admit_turn(self, key_id: str, now: float | None = None) -> None:
         """Count a turn against the key's per-minute budget, or raise LimitExceeded."""
         limit = self.settings.turns_per_minute_per_key

@@ -300,14 +300,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             text = convert.text_from_proto(request.text, limit, "text")
             patch = convert.patch_from_proto(request.control, "control")
             render = convert.render_from_proto(request.render, "render")
-            # A Generate call holds a session's place while it runs, and is a turn of the key's budget; a call
-            # refused for either counts for neither.
-            limits.open_session(key)
-            try:
-                limits.admit_turn(key)
-            except LimitExceeded:
-                limits.close_session(key)
-                raise
+            limits.open_generate(key)  # a session's place while it runs, and a turn of the key's budget
         except ControlError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except LimitExceeded as exc:
