@@ -155,8 +155,7 @@ def event_from_response(response: pb.ConverseResponse | pb.GenerateResponse) -> 
     cls = _ARMS.get(arm) if arm else None
     if cls is None:
         return None
-    session_id = response.session_id if isinstance(response, pb.ConverseResponse) else ""
-    return cls(session_id, response.turn_id, response.seq, getattr(response, arm))  # type: ignore[arg-type]
+    return cls(_session_id(response), response.turn_id, response.seq, getattr(response, arm))  # type: ignore[arg-type]
 
 
 def events_from_response(response: pb.ConverseResponse | pb.GenerateResponse) -> list[Event]:
@@ -168,14 +167,18 @@ def events_from_response(response: pb.ConverseResponse | pb.GenerateResponse) ->
         return [] if event is None else [event]
     items: list[mpb.AudioChunk | mpb.VideoFrame] = [*response.media.audio, *response.media.video]
     media = sorted(items, key=_media_time)  # stable: audio first
-    sid = response.session_id if isinstance(response, pb.ConverseResponse) else ""
-    tid, first = response.turn_id, response.seq - len(media) + 1
+    sid, tid, first = _session_id(response), response.turn_id, response.seq - len(media) + 1
     return [
         AudioEvent(sid, tid, first + i, item)
         if isinstance(item, mpb.AudioChunk)
         else VideoEvent(sid, tid, first + i, item)
         for i, item in enumerate(media)
     ]
+
+
+def _session_id(response: pb.ConverseResponse | pb.GenerateResponse) -> str:
+    """A Converse response's session; "" for Generate, which runs without one."""
+    return response.session_id if isinstance(response, pb.ConverseResponse) else ""
 
 
 def _media_time(item: mpb.AudioChunk | mpb.VideoFrame) -> float:
