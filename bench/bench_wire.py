@@ -22,7 +22,8 @@ the `local` profile (espeak-ng at 22.05 kHz, the face's 256 px JPEGs). For the
 record, once each: gRPC with one event per message, the baseline on the bare
 `websockets` library (no uvicorn, no uvloop), and the baseline with
 permessage-deflate, which uvicorn negotiates by default. And the floor: both
-transports alone, with no application behind them (`bench.floor`), and the
+transports alone, with no application behind them (`bench.floor`: as fast as
+the streams take messages, and paced, one per stream every 200 ms), and the
 runtime alone, with no transport (`bench.runtime_only`).
 """
 
@@ -250,6 +251,22 @@ async def run(sessions: int = 30, seconds: float = 10.0, repeats: int = 3) -> li
             note="no application: grpc.aio streams 4 KB of bytes, websockets the baseline JSON for it (bench.floor)",
         )
     )
+    for shared, how in ((True, "on one beat for all streams"), (False, "each stream on its own timer")):
+        paced = {k: await asyncio.to_thread(per_message_us, k, 30, 25, 200, shared) for k in ("grpc", "ws")}
+        rows.append(
+            Row(
+                f"6 floor: paced transport CPU per message, {'shared beat' if shared else 'own timers'}",
+                paced["grpc"],
+                "us",
+                "<= 0.5x (for reference)",
+                paced["grpc"] <= 0.5 * paced["ws"],
+                baseline=paced["ws"],
+                baseline_name="bare websockets+JSON",
+                ratio=paced["grpc"] / paced["ws"],
+                note=f"as the row above, but 30 streams each sent one message every 200 ms, {how}: what a message "
+                "costs when it is not one of a burst (bench.floor)",
+            )
+        )
     return rows
 
 
