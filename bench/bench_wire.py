@@ -251,11 +251,14 @@ async def run(sessions: int = 30, seconds: float = 10.0, repeats: int = 3) -> li
             note="no application: grpc.aio streams 4 KB of bytes, websockets the baseline JSON for it (bench.floor)",
         )
     )
-    for shared, how in ((True, "on one beat for all streams"), (False, "each stream on its own timer")):
+    for shared, name, how in (
+        (True, "shared beat", "on one beat for all streams"),
+        (False, "own timers", "each stream on its own timer"),
+    ):
         paced = {k: await asyncio.to_thread(per_message_us, k, 30, 25, 200, shared) for k in ("grpc", "ws")}
         rows.append(
             Row(
-                f"6 floor: paced transport CPU per message, {'shared beat' if shared else 'own timers'}",
+                f"6 floor: paced transport CPU per message, {name}",
                 paced["grpc"],
                 "us",
                 "<= 0.5x (for reference)",
