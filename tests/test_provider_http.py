@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
-from adapters.errors import ErrorCategory
+from adapters.errors import ErrorCategory, ProviderError
 from adapters.openai._http import (
     PcmChunker,
-    SSEEvent,
-    SSEParser,
     api_key,
     base_url,
     error_from_payload,
     error_from_status,
     retry_after_s,
+    sse_events,
 )
 from tth_server.config import ConfigError
 
@@ -28,20 +30,40 @@ STREAM = (
     "data: [DONE]\n\n"
 ).encode()
 EXPECTED = [
-    SSEEvent("content_block_delta", '{"text": "h\u00e9llo \u2603 \U0001f600"}'),
-    SSEEvent("message", "line one\nline two"),
-    SSEEvent("message", "no space"),
-    SSEEvent("ping", "{}", "7"),
-    SSEEvent("message", "[DONE]", "7"),
+    ("content_block_delta", '{"text": "h\u00e9llo \u2603 \U0001f600"}', ""),
+    ("message", "line one\nline two", ""),
+    ("message", "no space", ""),
+    ("ping", "{}", "7"),
+    ("message", "[DONE]", "7"),
 ]
 
 
-def parse_in_pieces(data: bytes, sizes: list[int]) -> list[SSEEvent]:
-    parser, out, i = SSEParser(), [], 0
+class Pieces(httpx.AsyncByteStream):
+    """A response body that arrives in the given pieces, as network reads would."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            yield piece
+
+
+def read_events(pieces: list[bytes], content_type: str = "text/event-stream") -> list[tuple[str, str, str]]:
+    response = httpx.Response(200, headers={"content-type": content_type}, stream=Pieces(pieces))
+
+    async def read() -> list[tuple[str, str, str]]:
+        return [(e.event, e.data, e.id) async for e in sse_events(response, "test")]
+
+    return asyncio.run(read())
+
+
+def parse_in_pieces(data: bytes, sizes: list[int]) -> list[tuple[str, str, str]]:
+    pieces, i = [], 0
     for size in sizes:
-        out += parser.feed(data[i : i + size])
+        pieces.append(data[i : i + size])
         i += size
-    return out + parser.feed(data[i:])
+    return read_events([*pieces, data[i:]])
 
 
 def test_sse_events_survive_any_split_including_inside_utf8_and_crlf() -> None:
@@ -54,10 +76,13 @@ def test_sse_events_survive_any_split_including_inside_utf8_and_crlf() -> None:
 
 
 def test_sse_comments_dispatch_nothing_and_an_unterminated_event_is_dropped() -> None:
-    parser = SSEParser()
-    assert parser.feed(b": ping\n\n: another\n\n") == []
-    assert parser.feed(b"data: partial") == []
-    assert parser.feed(b"\n") == []  # a data line, but no blank line yet
+    assert read_events([b": ping\n\n: another\n\n"]) == []
+    assert read_events([b"data: partial", b"\n"]) == []  # a data line, but no blank line before the end
+
+
+def test_a_response_that_is_not_an_event_stream_is_malformed() -> None:
+    with pytest.raises(ProviderError, match="malformed"):
+        read_events([b"data: {}\n\n"], content_type="application/json")
 
 
 def test_pcm_chunks_hold_whole_samples_whatever_the_network_reads() -> None:

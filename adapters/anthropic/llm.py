@@ -20,7 +20,7 @@ from typing import Any
 
 from adapters.base import Capabilities, LLMAdapter, LLMRequest, Message, Mode
 from adapters.errors import ErrorCategory, ProviderError
-from adapters.openai._http import ProviderHTTP, SSEParser, api_key, base_url, json_event
+from adapters.openai._http import ProviderHTTP, api_key, base_url, json_event, sse_events
 
 ANTHROPIC_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -69,22 +69,19 @@ class AnthropicLLM(LLMAdapter):
         return body
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
-        parser = SSEParser()
         stopped = False
         async with self._http.post_stream("/v1/messages", self.body(request)) as response:
-            async for raw in response.aiter_bytes():
-                for event in parser.feed(raw):
-                    payload = json_event(event, self.name)
-                    kind = payload.get("type") if isinstance(payload, Mapping) else None
-                    if event.event == "error" or kind == "error":
-                        raise self._http.error(payload)
-                    if kind == "content_block_delta":
-                        delta = payload.get("delta") or {}
-                        if delta.get("type") == "text_delta" and delta.get("text"):
-                            yield str(delta["text"])
-                    elif kind == "message_stop":
-                        stopped = True
-                if stopped:
+            async for event in sse_events(response, self.name):
+                payload = json_event(event, self.name)
+                kind = payload.get("type") if isinstance(payload, Mapping) else None
+                if event.event == "error" or kind == "error":
+                    raise self._http.error(payload)
+                if kind == "content_block_delta":
+                    delta = payload.get("delta") or {}
+                    if delta.get("type") == "text_delta" and delta.get("text"):
+                        yield str(delta["text"])
+                elif kind == "message_stop":
+                    stopped = True
                     break
         if not stopped:
             raise ProviderError(ErrorCategory.CONNECTIVITY, "the stream ended before message_stop", provider=self.name)

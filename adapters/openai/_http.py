@@ -8,26 +8,25 @@ One place for what each of them would otherwise get subtly different:
   a transport failure (refused, dropped mid-stream, timed out), or an error
   object inside a stream, all become a `ProviderError` whose message never holds
   the key;
-- Server-Sent Events, parsed incrementally: bytes may split anywhere, including
-  inside a UTF-8 character or between the CR and LF of a line end;
+- Server-Sent Events, read with httpx-sse (bytes may split anywhere, including
+  inside a UTF-8 character or between the CR and LF of a line end);
 - PCM16 from a byte stream, cut into chunks of whole samples (an odd byte at the
   edge of a network read is carried over to the next one).
 """
 
 from __future__ import annotations
 
-import codecs
 import json
 import os
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from adapters.errors import ErrorCategory, ProviderError
 from tth_server.config import ConfigError
@@ -286,81 +285,20 @@ class ProviderHTTP:
 # ---- Server-Sent Events -----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SSEEvent:
-    """One dispatched event: its `event` field ("message" unless named) and its data lines joined."""
+async def sse_events(response: httpx.Response, provider: str) -> AsyncIterator[ServerSentEvent]:
+    """The response's Server-Sent Events as they arrive (httpx-sse: WHATWG line and dispatch rules).
 
-    event: str
-    data: str
-    id: str | None = None
-
-
-_EOL = re.compile(r"\r\n|\r|\n")
-
-
-class SSEParser:
-    """Incremental parser for the `text/event-stream` format, fed raw bytes as they arrive.
-
-    Follows the WHATWG rules: lines end in CRLF, LF or CR; lines starting with ':'
-    are comments (keep-alives); `data:` lines accumulate and a blank line
-    dispatches; a single space after the colon is dropped; an event still open
-    when the stream ends is discarded.
+    A response that is not `text/event-stream` is a 'malformed' ProviderError;
+    transport failures while it streams surface from `post_stream`.
     """
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._tail = ""
-        self._skip_lf = False
-        self._event = ""
-        self._data: list[str] = []
-        self._id: str | None = None
-
-    def feed(self, chunk: bytes) -> list[SSEEvent]:
-        text = self._decoder.decode(chunk)
-        if self._skip_lf and text:
-            # The previous read ended in CR; an LF opening this one completes that CRLF.
-            if text.startswith("\n"):
-                text = text[1:]
-            self._skip_lf = False
-        if not text:
-            return []
-        text = self._tail + text
-        lines = _EOL.split(text)
-        self._tail = lines.pop()
-        self._skip_lf = text.endswith("\r")
-        out: list[SSEEvent] = []
-        for line in lines:
-            event = self._line(line)
-            if event is not None:
-                out.append(event)
-        return out
-
-    def _line(self, line: str) -> SSEEvent | None:
-        if not line:
-            return self._dispatch()
-        if line.startswith(":"):
-            return None
-        name, sep, value = line.partition(":")
-        if sep and value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-        elif name == "id" and "\0" not in value:
-            self._id = value
-        return None
-
-    def _dispatch(self) -> SSEEvent | None:
-        if not self._data:
-            self._event = ""
-            return None
-        event = SSEEvent(self._event or "message", "\n".join(self._data), self._id)
-        self._event, self._data = "", []
-        return event
+    try:
+        async for event in EventSource(response).aiter_sse():
+            yield event
+    except SSEError as exc:
+        raise malformed(f"stream ({exc})", provider) from None
 
 
-def json_event(event: SSEEvent, provider: str) -> Any:
+def json_event(event: ServerSentEvent, provider: str) -> Any:
     """The event's data as JSON, or a 'malformed event' ProviderError."""
     try:
         return json.loads(event.data)

@@ -29,7 +29,7 @@ from typing import Any
 
 from adapters.base import Capabilities, LLMAdapter, LLMRequest, Mode
 from adapters.errors import ErrorCategory, ProviderError
-from adapters.openai._http import ProviderHTTP, SSEParser, api_key, base_url, json_event
+from adapters.openai._http import ProviderHTTP, api_key, base_url, json_event, sse_events
 from tth_server.logs import log
 
 OPENAI_URL = "https://api.openai.com/v1"
@@ -79,23 +79,19 @@ class OpenAIChat(LLMAdapter):
         return body
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
-        parser = SSEParser()
         done = finished = False
         async with self._http.post_stream("/chat/completions", self.body(request)) as response:
-            async for raw in response.aiter_bytes():
-                for event in parser.feed(raw):
-                    if event.data.strip() == "[DONE]":
-                        done = True
-                        break
-                    payload = json_event(event, self.name)
-                    if event.event == "error" or (isinstance(payload, Mapping) and payload.get("error")):
-                        raise self._http.error(payload)
-                    for text, stop in _deltas(payload, self.name):
-                        finished = finished or stop
-                        if text:
-                            yield text
-                if done:
+            async for event in sse_events(response, self.name):
+                if event.data.strip() == "[DONE]":
+                    done = True
                     break
+                payload = json_event(event, self.name)
+                if event.event == "error" or (isinstance(payload, Mapping) and payload.get("error")):
+                    raise self._http.error(payload)
+                for text, stop in _deltas(payload, self.name):
+                    finished = finished or stop
+                    if text:
+                        yield text
         if not (done or finished):
             raise ProviderError(ErrorCategory.CONNECTIVITY, "the stream ended before [DONE]", provider=self.name)
 
