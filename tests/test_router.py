@@ -15,6 +15,7 @@ from adapters.base import AvatarAdapter, AvatarInput, LLMAdapter, LLMRequest, St
 from adapters.errors import ErrorCategory, ProviderError
 from adapters.local.stub_avatar import StubAvatar
 from adapters.local.tone_tts import ToneTTS
+from adapters.resample import Resampler
 from tth_server.config import BreakerSettings, ComponentConfig, ConfigError, RouterSettings, StageBudget
 from tth_server.controls import Controls
 from tth_server.events import StageTiming
@@ -23,7 +24,6 @@ from tth_server.router import (
     Breaker,
     BreakerState,
     Chain,
-    Resampler,
     RoutedAvatar,
     RoutedLLM,
     RoutedTTS,
@@ -314,12 +314,30 @@ def test_resampling_keeps_duration_and_pitch_across_chunk_edges() -> None:
     tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes()
     resampler = Resampler(rate, out_rate)
     pieces = [resampler.feed(AudioChunk(tone[i : i + 882], rate)) for i in range(0, len(tone), 882)]
+    pieces.append(resampler.flush())
     y = np.frombuffer(b"".join(p.pcm for p in pieces), dtype="<i2").astype(np.float64)
     assert abs(len(y) - out_rate) <= 2
     spectrum = np.abs(np.fft.rfft(y))
     assert abs(np.argmax(spectrum) * out_rate / len(y) - 440) < 2
     assert np.max(np.abs(np.diff(y))) < 8000 * 2 * np.pi * 440 / out_rate * 1.1  # no steps at the edges
     assert pieces[1].timestamp_ms == pytest.approx(pieces[0].duration_ms)
+    assert pieces[0].samples > 0.9 * 441 * out_rate / rate  # 441 samples in: not held back
+
+
+def test_going_down_in_rate_filters_out_what_lies_above_the_new_nyquist() -> None:
+    # A sweep from 8.5 to 11.5 kHz at 24 kHz, resampled to 16 kHz (Nyquist 8 kHz): none of it can be
+    # represented, so what comes out must be nearly silent. Linear interpolation folds it back into
+    # 4.5-7.5 kHz at 73 % of the input's level.
+    rate, out_rate = 24000, 16000
+    t = np.arange(rate) / rate
+    x = 8000 * np.sin(2 * np.pi * (8500 * t + 1500 * t**2))
+    sweep = x.astype("<i2").tobytes()
+    resampler = Resampler(rate, out_rate)
+    pieces = [resampler.feed(AudioChunk(sweep[i : i + 1920], rate)) for i in range(0, len(sweep), 1920)]
+    y = np.frombuffer(b"".join(p.pcm for p in [*pieces, resampler.flush()]), dtype="<i2").astype(np.float64)
+    level = np.sqrt(np.mean(y**2)) / np.sqrt(np.mean(x**2))
+    assert level < 0.01, f"aliases at {level:.1%} of the input's level"
+    assert abs(len(y) - out_rate) <= 2
 
 
 # ---- the avatar: a fallback starts from the first audio -----------------------------------------------------------

@@ -43,8 +43,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
-import numpy as np
-
 from adapters.base import (
     Adapter,
     AvatarAdapter,
@@ -61,6 +59,7 @@ from adapters.base import (
     TTSAdapter,
 )
 from adapters.errors import ErrorCategory, ProviderError
+from adapters.resample import Resampler
 from tth_server import metrics, registry
 from tth_server.config import ComponentConfig, ConfigError, RouterSettings, StageBudget
 from tth_server.controls import Controls
@@ -327,33 +326,6 @@ async def _aclose(it: Any) -> None:
         await close()
 
 
-# ---- resampling a fallback to the announced rate -----------------------------------------------------------------
-
-
-class Resampler:
-    """Streaming linear-interpolation resampler for PCM16 mono, continuous across chunks."""
-
-    def __init__(self, src_hz: int, dst_hz: int) -> None:
-        self.src_hz, self.dst_hz = src_hz, dst_hz
-        self._step = src_hz / dst_hz
-        self._buffer = np.zeros(0, dtype=np.float64)
-        self._pos = 0.0
-        self.out_samples = 0
-
-    def feed(self, chunk: AudioChunk) -> AudioChunk:
-        x = np.concatenate([self._buffer, np.frombuffer(chunk.pcm, dtype="<i2").astype(np.float64)])
-        n = int((len(x) - 1 - self._pos) // self._step) + 1 if len(x) >= 2 and self._pos <= len(x) - 1 else 0
-        t = self._pos + self._step * np.arange(n)
-        y = np.interp(t, np.arange(len(x)), x) if n else np.zeros(0)
-        self._pos = (t[-1] + self._step) if n else self._pos
-        keep = min(int(self._pos), len(x))
-        self._buffer, self._pos = x[keep:], self._pos - keep
-        start_ms = self.out_samples * 1000 / self.dst_hz
-        self.out_samples += n
-        pcm = np.clip(np.round(y), -32768, 32767).astype("<i2").tobytes()
-        return AudioChunk(pcm, self.dst_hz, start_ms, chunk.marks)
-
-
 # ---- routed adapters -----------------------------------------------------------------------------------------------
 
 
@@ -455,6 +427,8 @@ class RoutedTTS(_Routed, TTSAdapter):
             resampler = Resampler(tts.sample_rate_hz, rate) if tts.sample_rate_hz != rate else None
             async for chunk in tts.synthesize(text, own):
                 yield resampler.feed(chunk) if resampler else chunk
+            if resampler and (tail := resampler.flush()).samples:
+                yield tail
 
         return self.chain.stream(call)
 
@@ -518,6 +492,8 @@ class RoutedConversation(RealtimeConversation):
                 conversation = await self._conversation(p, request.system_prompt, own)
                 async for item in conversation.respond(request, own):
                     yield resampler.feed(item) if resampler and isinstance(item, AudioChunk) else item
+                if resampler and (tail := resampler.flush()).samples:
+                    yield tail
             except ProviderError:
                 await self._drop()
                 raise
