@@ -8,11 +8,12 @@ fails at start with the list of known names.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
 from adapters.base import Adapter
-from tth_server.config import ComponentConfig, ConfigError
+from tth_server.config import ConfigError
 
 GROUP = "tth.adapters"
 _registered: dict[str, type[Adapter]] = {}
@@ -42,10 +43,14 @@ def adapter_class(name: str, where: str) -> type[Adapter]:
     return cls
 
 
-def create(stage: str, component: ComponentConfig) -> Adapter:
-    """Instantiate the adapter a component names, checking it serves `stage`."""
-    where = f"components.{stage}.adapter"
-    cls = adapter_class(component.adapter, where)
+def create(stage: str, name: str, options: Mapping[str, Any], where: str) -> Adapter:
+    """Instantiate adapter `name` for `stage`; `where` is its place in the config, named by every error."""
+    cls = adapter_class(name, f"{where}.adapter")
     if cls.stage.value != stage:
-        raise ConfigError(f"{where}: {component.adapter!r} is a {cls.stage.value} adapter, not {stage}")
-    return cls(component.adapter, component.options)
+        raise ConfigError(f"{where}.adapter: {name!r} is a {cls.stage.value} adapter, not {stage}")
+    try:
+        return cls(name, options)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}.options: {exc}") from None

@@ -686,18 +686,6 @@ _ROUTED: dict[Stage, Callable[[Chain], Adapter]] = {
 }
 
 
-def _build(stage: str, name: str, options: Mapping[str, Any], where: str) -> Adapter:
-    cls = registry.adapter_class(name, f"{where}.adapter")
-    if cls.stage.value != stage:
-        raise ConfigError(f"{where}.adapter: {name!r} is a {cls.stage.value} adapter, not {stage}")
-    try:
-        return cls(name, options)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"{where}.options: {exc}") from None
-
-
 def route(stage: str, component: ComponentConfig, settings: RouterSettings) -> Adapter:
     """The stage's adapter: primary and fallbacks built through the registry, behind the router.
 
@@ -706,7 +694,7 @@ def route(stage: str, component: ComponentConfig, settings: RouterSettings) -> A
     on, and its fault knobs then behave exactly as configured.
     """
     where = f"components.{stage}"
-    adapters = [_build(stage, component.adapter, component.options, where)]
+    adapters = [registry.create(stage, component.adapter, component.options, where)]
     for i, entry in enumerate(component.fallback):
         here = f"{where}.fallback[{i}]"
         if not isinstance(entry, Mapping) or not entry.get("adapter"):
@@ -714,7 +702,7 @@ def route(stage: str, component: ComponentConfig, settings: RouterSettings) -> A
         extra = set(entry) - {"adapter", "options"}
         if extra:
             raise ConfigError(f"{here}.{sorted(extra)[0]} is not a setting; allowed: adapter, options")
-        adapters.append(_build(stage, str(entry["adapter"]), dict(entry.get("options") or {}), here))
+        adapters.append(registry.create(stage, str(entry["adapter"]), dict(entry.get("options") or {}), here))
     if len(adapters) == 1 and adapters[0].mode is Mode.LOCAL and not settings.route_local:
         return adapters[0]
     return _ROUTED[Stage(stage)](Chain(Stage(stage), adapters, settings))
