@@ -83,7 +83,7 @@ def _enum(wrapper: Any, prefix: str, value: str | int, what: str) -> int:
         allowed = [n.removeprefix(prefix).lower() for n in wrapper.keys() if not n.endswith("_UNSPECIFIED")]
         raise InvalidControlError(
             f"{what} {value!r} is not known",
-            field=what if what == "emotion" else "",
+            field="emotion" if what == "emotion" else "latency_mode",
             hint=f"use one of: {', '.join(allowed)}",
         ) from None
 

@@ -127,8 +127,12 @@ def format_metrics(result: TurnResult) -> str:
 
 
 # How to set each control inside `tth chat`, for the fix of a refused value.
-_CHAT_COMMANDS = {"emotion": "/emotion LABEL", "intensity": "/emotion LABEL X", "persona": "/persona ID"}
-_CHAT_COMMANDS["speech_rate"] = "/rate X"
+_CHAT_COMMANDS = {
+    "emotion": "/emotion LABEL",
+    "intensity": "/emotion LABEL X",
+    "persona": "/persona ID",
+    "speech_rate": "/rate X",
+}
 
 
 def _invalid(error: InvalidArgumentError, chat: bool) -> str:
