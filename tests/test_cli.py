@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import pty
+import select
+import signal
 import subprocess
 import sys
 import threading
+import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,7 +142,25 @@ def test_an_unreachable_server_is_one_line_with_the_command_to_start_one(capsys:
     assert main(["health", "--target", "127.0.0.1:1"]) == 1
     line = _one_line(capsys.readouterr().err)
     assert "cannot reach the TTH server at 127.0.0.1:1" in line
-    assert "tth-server --profile mock --listen 127.0.0.1:1" in line
+    # Commands that work from a fresh checkout: the venv's scripts are not on PATH, and `make run` is the default.
+    assert "`make run LISTEN=127.0.0.1:1`" in line and "`.venv/bin/tth-server --listen 127.0.0.1:1`" in line
+    assert "--profile mock" not in line
+
+
+@pytest.mark.parametrize(
+    ("text", "wrong", "fix"),
+    [
+        ("   ", "text must not be empty", "Fix: send some text"),
+        ("x" * 5000, "the limit is 4000", "Fix: send a shorter"),
+    ],
+)
+def test_an_empty_or_over_long_text_is_one_line_saying_what_is_wrong_with_the_text(
+    target: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, wrong: str, fix: str
+) -> None:
+    assert main(["say", text, "-o", str(tmp_path / "a.wav"), "--target", target]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("tth: invalid text:") and wrong in line and fix in line
+    assert "control" not in line and "range" not in line
 
 
 def test_unauthenticated_is_one_line_asking_for_an_api_key(
@@ -168,6 +191,22 @@ def test_chat_streams_each_reply_saves_it_and_takes_control_commands(
     assert "emotion 'elated' is not known" in _one_line(err)  # and the chat went on
 
 
+def test_an_out_of_range_rate_in_chat_is_one_line_with_the_fix_and_is_never_confirmed(
+    target: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("/rate 9\n/rate fast\n/persona nobody\n/rate 2\n/quit\n"))
+    assert main(["chat", "--target", target]) == 0
+    out, err = capsys.readouterr()
+    rate, word, persona = err.strip().splitlines()
+    assert rate == (
+        "tth: invalid control value: speech_rate must be in [0.25, 4.0], got 9.0. Fix: type /rate X again; "
+        "use a value in [0.25, 4]"
+    )
+    assert "must be a number in [0.25, 4], got 'fast'" in word
+    assert "persona 'nobody' is not known" in persona and "use one of: casual, excited, neutral" in persona
+    assert out.count("from the next reply on") == 1 and "speech_rate=2" in out  # only the value that was accepted
+
+
 def test_models_lists_each_stage_with_its_adapter(target: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--target", target]) == 0
     out = capsys.readouterr().out
@@ -182,3 +221,88 @@ def test_health_reports_serving_and_exits_zero_through_the_module_entry_point(ta
     )
     assert done.returncode == 0, done.stderr
     assert "(server)" in done.stdout and "SERVING" in done.stdout and "tth.tts" in done.stdout
+
+
+# ---- on a real terminal, and into a pipe that closes ----------------------------------------------------------------
+
+
+def _screen(raw: str) -> list[str]:
+    """What a terminal shows for `raw`: "\\r" goes back to the line's start, "ESC[2K" blanks the line, other
+    escape sequences change nothing visible here."""
+    lines: list[list[str]] = [[]]
+    col, i = 0, 0
+    while i < len(raw):
+        if raw.startswith("\x1b[", i):
+            end = next(j for j in range(i + 2, len(raw)) if "@" <= raw[j] <= "~")
+            if raw[i + 2 : end + 1] == "2K":
+                lines[-1] = [" "] * len(lines[-1])
+            i = end + 1
+            continue
+        char = raw[i]
+        if char == "\r":
+            col = 0
+        elif char == "\n":
+            lines.append([])
+            col = 0
+        else:
+            line = lines[-1]
+            line.extend(" " * (col + 1 - len(line)))
+            line[col] = char
+            col += 1
+        i += 1
+    return ["".join(line).rstrip() for line in lines]
+
+
+def _read_until(fd: int, wanted: str, so_far: str, timeout_s: float = 60.0) -> str:
+    """`so_far` and what the terminal shows next, until `wanted` is among it."""
+    deadline = time.monotonic() + timeout_s
+    while wanted not in so_far:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"no {wanted!r} on the terminal within {timeout_s} s; it shows {_screen(so_far)}")
+        so_far += os.read(fd, 65536).decode(errors="replace")
+    return so_far
+
+
+def test_chat_on_a_terminal_shows_the_streamed_reply_and_the_timing_line(target: str) -> None:
+    terminal, tty = pty.openpty()
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "tth_client.cli", "chat", "--target", target], stdin=tty, stdout=tty, stderr=tty
+    )
+    os.close(tty)
+    try:
+        raw = _read_until(terminal, "you> ", "")
+        os.write(terminal, b"Hello!\n")
+        raw = _read_until(terminal, "(ttfa", raw)
+        raw = _read_until(terminal, ")\r\n", raw)  # the whole timing line
+        os.write(terminal, b"/quit\n")
+        assert chat.wait(30) == 0
+    finally:
+        if chat.poll() is None:
+            chat.kill()
+        os.close(terminal)
+    shown = _screen(raw)
+    reply = next((line for line in shown if line.startswith("tth> ")), "")
+    assert len(reply) > len("tth> ") + 10, shown  # the reply's text is still on the screen, not erased
+    assert shown[shown.index(reply) + 1].startswith("(ttfa "), shown
+
+
+@pytest.mark.parametrize("command", [["models"], ["health"], ["chat"], ["say", "Hello", "-o", "{tmp}/a.wav"]])
+def test_every_command_ends_quietly_when_the_reader_of_its_output_has_gone(
+    target: str, tmp_path: Path, command: list[str]
+) -> None:
+    reader, writer = os.pipe()
+    os.close(reader)  # as `tth models | head -1` once head has exited
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "tth_client.cli", *(a.format(tmp=tmp_path) for a in command), "--target", target],
+            stdin=subprocess.DEVNULL,
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(writer)
+    assert done.stderr == ""
+    assert done.returncode == 128 + signal.SIGPIPE  # what a shell shows for a command that a closed pipe ended

@@ -207,29 +207,80 @@ async def test_a_control_update_applies_from_the_next_turn_not_the_running_one(t
     assert ("0.9", "pending") in _applied(third, "emotion.intensity")  # and the update still stands
 
 
-async def test_an_invalid_control_update_is_a_session_error_and_the_session_stays_open(target: str) -> None:
+# ---- bad input raises, at the call that sent it -------------------------------------------------------------------
+
+
+async def test_say_raises_for_a_value_out_of_range_or_an_empty_text_and_sends_nothing(target: str) -> None:
     async with Session(target) as session:
-        await session.update_controls(intensity=5.0)
-        error = await anext(e async for e in session if isinstance(e, ErrorEvent))
-        result = await session.say("Still there?")
+        with pytest.raises(tth_client.InvalidControlError, match=r"intensity must be in \[0.0, 1.0\], got 5.0") as bad:
+            session.say("Hi", intensity=5)
+        with pytest.raises(tth_client.InvalidControlError, match=r"speech_rate must be in \[0.25, 4.0\]"):
+            session.say("Hi", control=tth_client.turn_control(speech_rate=1.0), speech_rate=9)
+        with pytest.raises(tth_client.InvalidControlError, match="persona must not be empty"):
+            session.say("Hi", persona="")
+        with pytest.raises(tth_client.InvalidArgumentError, match="text must not be empty") as empty:
+            session.say("  ")
+        turn = session.say("Hi")
+        seen = await _stream_until_end_of(session, turn)
 
-    assert error.turn_id == "" and not error.terminal
-    assert error.error.code == pb.ERROR_CODE_INVALID_ARGUMENT
-    assert "intensity" in error.error.message
-    assert result.outcome is Outcome.COMPLETED
+    assert bad.value.field == "intensity" and bad.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert isinstance(bad.value, ValueError) and "Fix: use a value in [0, 1]" in str(bad.value)
+    assert empty.value.field == "text" and not isinstance(empty.value, tth_client.InvalidControlError)
+    assert not any(isinstance(e, ErrorEvent) for e in seen)  # none of them reached the server
+    assert (await turn).outcome is Outcome.COMPLETED
 
 
-async def test_a_rejected_text_fails_its_own_turn_and_the_next_turn_is_unaffected(target: str) -> None:
+async def test_a_text_the_server_refuses_raises_when_its_turn_is_awaited_and_the_next_turn_is_unaffected(
+    target: str,
+) -> None:
     async with Session(target) as session:
-        rejected = await session.say("Hi", persona="nobody")
+        unknown = session.say("Hi", persona="nobody")
+        too_long = session.say("x" * 100_000)
         accepted = await session.say("Hi again")
+        with pytest.raises(tth_client.InvalidControlError, match="'nobody' is not a known persona") as persona:
+            await unknown
+        with pytest.raises(tth_client.InvalidArgumentError, match="the limit is 4000") as text:
+            async for _ in too_long:
+                pass
 
-    assert rejected.outcome is Outcome.FAILED and rejected.turn_id == ""
-    assert rejected.error is not None and rejected.error.code == pb.ERROR_CODE_INVALID_ARGUMENT
-    with pytest.raises(tth_client.TurnFailedError, match="persona") as failure:
-        rejected.raise_for_outcome()
-    assert failure.value.code == "INVALID_ARGUMENT" and not failure.value.retryable
+    assert persona.value.field == "persona" and "known" in persona.value.hint
+    assert text.value.field == "text" and "shorter text" in str(text.value) and "range" not in str(text.value)
     assert accepted.outcome is Outcome.COMPLETED and accepted.turn_id
+
+
+async def test_update_controls_raises_for_a_value_out_of_range_or_an_unknown_persona_and_keeps_the_controls(
+    target: str,
+) -> None:
+    async with Session(target, persona="neutral") as session:
+        with pytest.raises(tth_client.InvalidControlError, match="intensity must be in"):
+            await session.update_controls(intensity=5)
+        with pytest.raises(tth_client.InvalidControlError, match="'nobody' is not known") as persona:
+            await session.update_controls(persona="nobody")
+        await session.update_controls(persona="casual", intensity=0.25)
+        result = await session.say("Hello")
+        seen = [e async for e in _until_closed(session)]
+
+    assert "use one of: casual, excited, neutral, professional" in str(persona.value)
+    assert ("casual", "pending") in _applied(result, "character.persona_id")
+    assert ("0.25", "pending") in _applied(result, "emotion.intensity")
+    assert not any(isinstance(e, ErrorEvent) for e in seen)
+
+
+async def _until_closed(session: Session) -> AsyncIterator[tth_client.Event]:
+    await session.close()
+    async for event in session:
+        yield event
+
+
+async def test_generate_raises_before_sending_and_when_the_server_refuses(target: str) -> None:
+    async with Client(target) as client:
+        with pytest.raises(tth_client.InvalidArgumentError, match="text must not be empty"):
+            client.generate("")
+        with pytest.raises(tth_client.InvalidControlError, match=r"motion_gain must be in \[0.0, 2.0\]"):
+            client.generate("Hi", motion_gain=3)
+        with pytest.raises(tth_client.InvalidControlError, match="not a known persona") as persona:
+            await client.generate("Hi", persona="nobody")
+    assert persona.value.field == "persona" and persona.value.code is grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_a_text_refused_by_the_turn_rate_limit_fails_its_turn_with_when_to_retry(
@@ -238,14 +289,12 @@ async def test_a_text_refused_by_the_turn_rate_limit_fails_its_turn_with_when_to
     server = await start_server(**UNPACED, limits={"turns_per_minute_per_key": 1})
     async with Session(f"127.0.0.1:{server.port}") as session:
         first = session.say("One")
-        await session.update_controls(intensity=5.0)  # refused too, but that is the session's error, not a turn's
         second = session.say("Two")
         completed, refused = await first, await second
         session_errors = []
         async for event in session:
             if isinstance(event, ErrorEvent) and not event.turn_id:
                 session_errors.append(event.error)
-            if len(session_errors) == 2:
                 break
 
     assert completed.outcome is Outcome.COMPLETED
@@ -254,8 +303,7 @@ async def test_a_text_refused_by_the_turn_rate_limit_fails_its_turn_with_when_to
     with pytest.raises(tth_client.TurnFailedError) as failure:
         refused.raise_for_outcome()
     assert failure.value.retryable and failure.value.retry_after_ms > 0
-    assert refused.error in session_errors
-    assert next(e.message for e in session_errors if e is not refused.error).startswith("control.")
+    assert session_errors == [refused.error]  # a refusal for now, not bad input: a FAILED turn, not an exception
 
 
 async def test_an_unknown_emotion_name_is_refused_before_anything_is_sent(target: str) -> None:
@@ -379,6 +427,20 @@ def test_the_sync_session_says_iterates_updates_and_interrupts(thread_target: st
     assert isinstance(events[0], tth_client.TextDeltaEvent | AudioEvent | VideoEvent)
     assert isinstance(events[-1], TurnCompleteEvent)
     assert ("sad", "pending") in _applied(third, "emotion.label")
+
+
+def test_the_sync_api_raises_for_bad_input_as_the_async_one_does(thread_target: str) -> None:
+    with tth_client.SyncSession(thread_target) as session:
+        with pytest.raises(tth_client.InvalidControlError, match="intensity must be in"):
+            session.say("Hi", intensity=5)
+        with pytest.raises(tth_client.InvalidControlError, match="'nobody' is not known"):
+            session.update_controls(persona="nobody")
+        refused = session.say("Hi", persona="nobody")
+        with pytest.raises(tth_client.InvalidControlError, match="not a known persona"):
+            refused.result()
+        assert session.say("Still there?").result().outcome is Outcome.COMPLETED
+    with tth_client.SyncClient(thread_target) as client, pytest.raises(tth_client.InvalidArgumentError, match="empty"):
+        client.generate(" ")
 
 
 def test_the_sync_client_reaches_every_rpc(thread_target: str) -> None:

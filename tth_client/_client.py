@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tth_client._channel import ChannelOptions, Connection
-from tth_client._controls import Controls, turn_control
+from tth_client._controls import Controls, check_text, turn_control
 from tth_client._events import events_from_response
 from tth_client._exceptions import ClosedError, TTHError, from_rpc_error
 from tth_client._session import Session
@@ -165,14 +165,20 @@ class Client:
 
         `persona=` picks the persona; the other keyword controls are the turn's controls.
 
-        Returns the `Turn` at once; iterate it or await it as a session's turn. A
-        request the server refuses (an invalid control, an empty text) makes the
-        turn raise `InvalidArgumentError`. `turn.interrupt()` cancels the call, and the
+        Returns the `Turn` at once; iterate it or await it as a session's turn.
+        Bad input raises as in `Session.say()`: `InvalidControlError` or
+        `InvalidArgumentError` here, before sending, when the SDK can tell (a range,
+        an empty text); awaiting the turn raises the same class when the server
+        refuses the request (an unknown persona, a text over its limit). `turn.interrupt()` cancels the call, and the
         turn then raises `ClosedError`.
         """
         persona = controls.pop("persona", "")
         request = pb.GenerateRequest(
-            text=text, persona_id=persona, control=turn_control(control, **controls), render=render, batch_media=True
+            text=check_text(text),
+            persona_id=persona,
+            control=turn_control(control, **controls),
+            render=render,
+            batch_media=True,
         )
         stub = pb_grpc.ConversationServiceStub(self.channel)
         call = stub.Generate(request, metadata=self._connection.metadata())

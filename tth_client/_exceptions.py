@@ -5,26 +5,35 @@
     ├── TimeoutError              a deadline passed (DEADLINE_EXCEEDED, or no `started` in time);
     │                             also a builtins.TimeoutError
     ├── StatusError               the server ended the call with another non-OK gRPC status
-    │   ├── InvalidArgumentError  INVALID_ARGUMENT or OUT_OF_RANGE: a request field is invalid
+    │   ├── InvalidArgumentError  a request field is invalid (`.field` names it): the SDK's own check before
+    │   │   │                     sending, the server's INVALID_ARGUMENT / OUT_OF_RANGE status, or its
+    │   │   │                     in-stream refusal of that request; also a builtins.ValueError
+    │   │   └── InvalidControlError  the invalid field is a control: a range, an emotion name, a persona id
     │   ├── AuthenticationError   UNAUTHENTICATED or PERMISSION_DENIED: the API key was refused
     │   ├── NotFoundError         NOT_FOUND: for example attaching to an unknown or expired session
     │   └── ResourceExhaustedError RESOURCE_EXHAUSTED: a server limit was reached
     ├── TurnFailedError           a turn ended with an `error` event (raised by `TurnResult.raise_for_outcome()`);
     │                             `.code` is the in-stream ErrorCode name, `.retryable`, `.retry_after_ms`
-    ├── InvalidControlError       a control value the SDK can reject before sending (an unknown emotion
-    │                             name); also a builtins.ValueError
     └── ClosedError               the session or call was closed; events not yet received are lost
 
 `str(error)` is always one line: what happened, then "Fix: ..." when there is
 something the caller can do. `.code` is the `grpc.StatusCode` (or, for
 `TurnFailedError`, the `ErrorCode` name) and `.details` the server's own message.
+
+Bad input always raises, at the call that sent it: `say()`, `update_controls()` and
+`generate()` raise `InvalidControlError` / `InvalidArgumentError` before sending when
+the SDK can tell (ranges, names, an empty text), and awaiting the turn (or the
+update) raises the same class when the server refuses the request instead.
 """
 
 from __future__ import annotations
 
 import builtins
+from typing import Any
 
 import grpc
+
+from tth_client._limits import CONTROL_RANGES
 
 __all__ = [
     "AuthenticationError",
@@ -39,6 +48,7 @@ __all__ = [
     "TimeoutError",
     "TurnFailedError",
     "from_rpc_error",
+    "invalid_argument",
     "status_error",
 ]
 
@@ -78,8 +88,22 @@ class StatusError(TTHError):
     """The server ended the call with a non-OK gRPC status; `.code` and `.details` say which and why."""
 
 
-class InvalidArgumentError(StatusError):
-    """A request field is invalid; the details name the field and its limit."""
+class InvalidArgumentError(StatusError, ValueError):
+    """A request field is invalid; the message names the field and its limit.
+
+    Attributes:
+        field: The request field at fault as the SDK spells it: "text", "persona",
+            "emotion", a numeric control's keyword ("speech_rate"), or "" when unknown.
+    """
+
+    def __init__(self, message: str, *, field: str = "", **kwargs: Any) -> None:
+        self.field = field
+        kwargs.setdefault("code", grpc.StatusCode.INVALID_ARGUMENT)
+        super().__init__(message, **kwargs)
+
+
+class InvalidControlError(InvalidArgumentError):
+    """A control value is invalid: out of its range, an unknown emotion name, an unknown persona id."""
 
 
 class AuthenticationError(StatusError):
@@ -112,12 +136,41 @@ class TurnFailedError(TTHError):
         super().__init__(message, code=code, details=message, hint=hint)
 
 
-class InvalidControlError(TTHError, ValueError):
-    """A control value the SDK rejects before sending anything, such as an unknown emotion name."""
-
-
 class ClosedError(TTHError):
     """The session or call is closed: nothing more can be sent, and events not yet received are lost."""
+
+
+def start_server(target: str) -> str:
+    """How to start a server on `target` from a checkout of the project.
+
+    `make run` serves the default (local) profile; the console scripts live in the
+    project's venv, which is not on PATH unless it is activated.
+    """
+    return f"`make run LISTEN={target}` in the TTH checkout, or `.venv/bin/tth-server --listen {target}` there"
+
+
+# The server names the field at fault first in its message, as a path into the request
+# ("text.control.emotion.intensity must be ..."); its last part, spelled as the SDK's keyword.
+_FIELDS = {"label": "emotion", "persona_id": "persona", "text": "text"}
+_CONTROL_FIELDS = {"emotion", "persona", *CONTROL_RANGES}
+
+
+def invalid_argument(
+    message: str, details: str, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
+) -> InvalidArgumentError:
+    """The error for a request the server refused, by status or in-stream, with `details` naming the field."""
+    last = details.split(" ", 1)[0].split(":", 1)[0].rsplit(".", 1)[-1]
+    field = _FIELDS.get(last, last if last in _CONTROL_FIELDS else "")
+    if field == "text":
+        hint = "send some text" if "empty" in details else "send a shorter text, or split it into several turns"
+    elif field == "persona":
+        hint = "use one of the known persona ids named above (Client.list_models() lists them)"
+    elif field:
+        hint = "use a value inside the range named above"
+    else:
+        hint = "change the field named above"
+    cls = InvalidControlError if field in _CONTROL_FIELDS else InvalidArgumentError
+    return cls(message, code=code, details=details, hint=hint, field=field)
 
 
 _STATUS_CLASSES: dict[grpc.StatusCode, type[TTHError]] = {
@@ -134,10 +187,7 @@ _STATUS_CLASSES: dict[grpc.StatusCode, type[TTHError]] = {
 
 def _hint(code: grpc.StatusCode, target: str) -> str:
     if code is grpc.StatusCode.UNAVAILABLE:
-        return (
-            f"start a server (`tth-server --profile mock --listen {target}`) "
-            "or point the client at a running one (target=, --target or TTH_TARGET)"
-        )
+        return f"start a server ({start_server(target)}), or point the client at a running one (--target or target=)"
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return "pass a valid API key (api_key=, --api-key or TTH_API_KEY)"
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -146,14 +196,14 @@ def _hint(code: grpc.StatusCode, target: str) -> str:
         return "wait and retry, or lower the request rate"
     if code is grpc.StatusCode.NOT_FOUND:
         return "create the session again with CreateSession and attach within its attach timeout"
-    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE):
-        return "change the field named above to a value inside its range"
     return ""
 
 
 def status_error(code: grpc.StatusCode, details: str, target: str) -> TTHError:
     """The SDK error for a call to `target` that ended with `code` and the server's `details`."""
     cls = _STATUS_CLASSES.get(code, StatusError)
+    if cls is InvalidArgumentError:
+        return invalid_argument(f"{target} refused the request: {details or 'no details'}", details, code)
     if cls is ConnectError:
         message = f"cannot reach the TTH server at {target}: {details or 'unavailable'}"
     else:

@@ -9,10 +9,14 @@ and a slow consumer of one turn never stalls the stream's reading.
 How a `say()` finds its turn: the server handles requests in order and gives
 each accepted text a new turn id, so the first event with an unknown turn id
 belongs to the oldest `say()` still waiting for one. A text the server refuses
-(an unknown persona, a turn rate limit, a server shutting down) gets no turn: it
-comes back as a session-level error, which ends that `say()`'s turn as FAILED.
-The only other request of this SDK that can be refused is a control update,
-whose error names its field under `control.`; that one stays a session event.
+(an unknown persona, a too long text, a turn rate limit, a server shutting down)
+gets no turn: it comes back as a session-level error, which ends that `say()`'s
+turn: an invalid argument makes awaiting it raise `InvalidArgumentError` (as the
+SDK's own checks do at `say()`), anything else makes it FAILED. The only other
+request of this SDK that can be refused is a control update, whose error names
+its field under `control.`; `update_controls()` checks everything the server would
+(a persona id against `ListModels`) before sending, so that one is rare and stays a
+session event.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any, Unpack
 import grpc
 
 from tth_client._channel import ChannelOptions, Connection
-from tth_client._controls import Controls, turn_control
+from tth_client._controls import Controls, check_text, turn_control
 from tth_client._events import (
     ErrorEvent,
     Event,
@@ -40,10 +44,12 @@ from tth_client._events import (
 from tth_client._exceptions import (
     ClosedError,
     ConnectError,
+    InvalidControlError,
     StatusError,
     TimeoutError,
     TTHError,
     from_rpc_error,
+    invalid_argument,
     status_error,
 )
 from tth_client._turn import Turn
@@ -164,6 +170,7 @@ class Session:
         self._ended: TTHError | None = None  # what unfinished turns raise once the stream has ended
         self._stream_error: TTHError | None = None  # set when the stream broke rather than ended cleanly
         self._closing = False
+        self._persona_ids: list[str] | None = None  # the server's catalogue, fetched at the first persona update
         self.session_id = ""
         """The session's id, once opened; pass it to attach again."""
         self.started = pb.SessionStarted()
@@ -330,11 +337,14 @@ class Session:
         apply to this turn only, above every other layer; see `turn_control()`.
 
         Raises:
-            InvalidControlError: an emotion name is not known (nothing is sent).
+            InvalidControlError: a control is out of its range or an emotion name is not known (nothing is sent).
+                Awaiting the turn raises it too when the server refuses a control, such as an unknown persona.
+            InvalidArgumentError: the text is empty (nothing is sent); awaiting the turn raises it when the
+                server refuses the text, such as one over its length limit.
             ClosedError: the session is not open.
         """
         self._check_open()
-        request = pb.ConverseRequest(text=pb.UserText(text=text, control=turn_control(control, **controls)))
+        request = pb.ConverseRequest(text=pb.UserText(text=check_text(text), control=turn_control(control, **controls)))
         turn = Turn(text, sample_rate_hz=self.started.audio.sample_rate_hz, interrupt=self._interrupt_turn)
         self._waiting.append(turn)
         self._latest = turn
@@ -350,12 +360,35 @@ class Session:
     async def update_controls(self, control: cpb.TurnControl | None = None, **controls: Unpack[Controls]) -> None:
         """Change the session's standing controls from the next turn on (never the running one).
 
-        Returns once the request is sent. An invalid value comes back as an
-        `ErrorEvent` with an empty `turn_id` on the session stream, and the
-        standing controls stay as they were.
+        Returns once the request is sent. Everything the server would refuse is
+        checked first and nothing is sent then: ranges and names here, a persona id
+        against the server's catalogue (one `ListModels` call per session).
+
+        Raises:
+            InvalidControlError: a value is out of its range, or an emotion name or persona id is not known.
+            ClosedError: the session is not open.
         """
         self._check_open()
-        await self._enqueue(pb.ConverseRequest(control=pb.ControlUpdate(control=turn_control(control, **controls))))
+        update = turn_control(control, **controls)
+        if update.character.HasField("persona_id"):
+            await self._check_persona(update.character.persona_id)
+        await self._enqueue(pb.ConverseRequest(control=pb.ControlUpdate(control=update)))
+
+    async def _check_persona(self, persona_id: str) -> None:
+        if self._persona_ids is None:
+            assert self._channel is not None
+            stub = pb_grpc.ConversationServiceStub(self._channel)
+            try:
+                models = await stub.ListModels(pb.ListModelsRequest(), metadata=self._connection.metadata())
+            except grpc.RpcError as exc:
+                raise from_rpc_error(exc, self.target) from None
+            self._persona_ids = list(models.persona_ids)
+        if persona_id not in self._persona_ids:
+            raise InvalidControlError(
+                f"persona {persona_id!r} is not known to {self.target}",
+                field="persona",
+                hint=f"use one of: {', '.join(self._persona_ids)}",
+            )
 
     async def interrupt(self, played_ms: float | None = None) -> None:
         """Stop the running turn, if any. Returns once the request is sent.
@@ -463,7 +496,12 @@ class Session:
                 if is_terminal(event):
                     del self._turns[event.turn_id]
         elif isinstance(event, ErrorEvent) and self._waiting and not event.error.message.startswith("control."):
-            self._waiting.popleft()._push(event, terminal=True)  # the text was refused; no turn started
+            turn = self._waiting.popleft()  # the text was refused; no turn started
+            if event.error.code == pb.ERROR_CODE_INVALID_ARGUMENT:
+                message = f"{self.target} refused the text: {event.error.message}"
+                turn._fail(invalid_argument(message, event.error.message))
+            else:
+                turn._push(event, terminal=True)
 
     def _publish(self, event: Event) -> None:
         if len(self._stream) >= self._max_buffered:

@@ -40,7 +40,7 @@ class Outcome(StrEnum):
     INTERRUPTED = "interrupted"
     """`turn_interrupted`: stopped by `interrupt()`, by new text (barge-in) or by server shutdown."""
     FAILED = "failed"
-    """An `error` ended the turn, or the server rejected its text before the turn started."""
+    """An `error` ended the turn, or the server turned its text away for now (a rate limit, a shutdown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +78,6 @@ class TurnResult:
         if self.outcome is Outcome.FAILED and self.error is not None:
             code = pb.ErrorCode.Name(self.error.code).removeprefix("ERROR_CODE_")
             hint = "wait and send the text again" if self.error.retryable else ""
-            if code == "INVALID_ARGUMENT":
-                hint = "change the field named above to a value inside its range"
             raise TurnFailedError(
                 self.error.message,
                 code=code,
@@ -97,8 +95,10 @@ class Turn:
     `async for event in turn` yields the turn's events until (and including) its
     terminal event; `await turn` (or `await turn.result()`) waits for the end and
     returns a `TurnResult`. A failed turn is a result with `outcome` FAILED, not an
-    exception; a broken stream or a closed session raises the SDK error that ended it
-    (`ConnectError`, `StatusError`, `ClosedError`), after the events received so far.
+    exception; a request the server refused as invalid (an unknown persona, a text
+    over its limit) raises `InvalidArgumentError` / `InvalidControlError`, and a broken
+    stream or a closed session raises the SDK error that ended it (`ConnectError`,
+    `StatusError`, `ClosedError`), after the events received so far.
     """
 
     def __init__(

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -24,36 +26,38 @@ from google.protobuf import json_format
 
 from tth_client._channel import DEFAULT_TARGET
 from tth_client._client import Client
-from tth_client._controls import Controls, render_options
+from tth_client._controls import Controls, render_options, turn_control
 from tth_client._events import AudioEvent, ErrorEvent, TextDeltaEvent, VideoEvent
 from tth_client._exceptions import (
     AuthenticationError,
     ConnectError,
     InvalidArgumentError,
-    InvalidControlError,
     TimeoutError,
     TTHError,
     TurnFailedError,
+    start_server,
 )
+from tth_client._limits import range_text
 from tth_client._media import SUFFIXES, save
 from tth_client._session import Session
 from tth_client._turn import Turn, TurnResult
 from tth_client.v1 import controls_pb2 as cpb
 from tth_client.v1 import conversation_pb2 as pb
 
+# The ranges in the help come from the table the server checks (`_limits.CONTROL_RANGES`).
 _CONTROL_FLAGS: dict[str, tuple[str, type]] = {
     "emotion": (
         "emotion label: " + ", ".join(n.removeprefix("EMOTION_LABEL_").lower() for n in cpb.EmotionLabel.keys()[1:]),
         str,
     ),
-    "intensity": ("emotion intensity in [0, 1]", float),
-    "valence": ("valence in [-1, 1], negative to positive", float),
-    "arousal": ("arousal in [-1, 1], calm to excited", float),
+    "intensity": (f"emotion intensity in {range_text('intensity')}", float),
+    "valence": (f"valence in {range_text('valence')}, negative to positive", float),
+    "arousal": (f"arousal in {range_text('arousal')}, calm to excited", float),
     "persona": ("persona id (see `tth models`)", str),
-    "speech_rate": ("speaking rate multiplier in [0.25, 4]", float),
-    "pitch_shift": ("pitch shift in [-1, 1]", float),
-    "expressivity": ("expressivity in [0, 1]", float),
-    "motion_gain": ("head motion gain in [0, 2]", float),
+    "speech_rate": (f"speaking rate multiplier in {range_text('speech_rate')}", float),
+    "pitch_shift": (f"pitch shift in {range_text('pitch_shift')}", float),
+    "expressivity": (f"expressivity in {range_text('expressivity')}", float),
+    "motion_gain": (f"head motion gain in {range_text('motion_gain')}", float),
 }
 
 
@@ -122,30 +126,44 @@ def format_metrics(result: TurnResult) -> str:
     return "\n".join(lines)
 
 
-def explain(error: TTHError, target: str) -> str:
-    """One line a person can act on."""
+# How to set each control inside `tth chat`, for the fix of a refused value.
+_CHAT_COMMANDS = {
+    "emotion": "/emotion LABEL",
+    "intensity": "/emotion LABEL X",
+    "persona": "/persona ID",
+    "speech_rate": "/rate X",
+}
+
+
+def _invalid(error: InvalidArgumentError, chat: bool) -> str:
+    """The one line for a refused value, with the fix spelled as a flag, or as a chat command inside `tth chat`."""
+    field, hint = error.field, error.hint or "change it"
+    if field == "text":
+        return f"invalid text: {error.message}. Fix: {hint}"
+    if chat and field in _CHAT_COMMANDS:
+        fix = f"type {_CHAT_COMMANDS[field]} again; {hint}"
+    elif field == "persona":
+        fix = "pass --persona with one of the known ids (see `tth models`)"
+    elif field in _CONTROL_FLAGS:
+        fix = f"pass --{field.replace('_', '-')} again; {hint}"
+    else:
+        fix = hint
+    return f"invalid control value: {error.message}. Fix: {fix}"
+
+
+def explain(error: TTHError, target: str, *, chat: bool = False) -> str:
+    """One line a person can act on; `chat` spells fixes as chat commands where there is one."""
     if isinstance(error, ConnectError):
         return (
-            f"cannot reach the TTH server at {target} ({error.details}). Fix: start one with "
-            f"`tth-server --profile mock --listen {target}`, or pass --target HOST:PORT"
+            f"cannot reach the TTH server at {target} ({error.details}). Fix: start one with {start_server(target)}, "
+            "or pass --target HOST:PORT"
         )
     if isinstance(error, AuthenticationError):
         return f"{target} refused the credentials ({error.details}). Fix: pass --api-key KEY or set TTH_API_KEY"
     if isinstance(error, TimeoutError):
         return f"{error.message}. Fix: raise --timeout, or check that the server is not overloaded"
-    invalid = isinstance(error, InvalidArgumentError | InvalidControlError) or (
-        isinstance(error, TurnFailedError) and error.code == "INVALID_ARGUMENT"
-    )
-    if invalid:
-        # The server's message starts with the field's path, e.g. "control.emotion.intensity must be in ...".
-        field = error.details.split(" ", 1)[0].rsplit(".", 1)[-1]
-        flag = {"label": "emotion", "persona_id": "persona"}.get(field, field)
-        fix = error.hint or "change the value"
-        if flag == "persona":
-            fix = "pass --persona with one of the known ids (see `tth models`)"
-        elif flag in _CONTROL_FLAGS and not isinstance(error, InvalidControlError):
-            fix = f"pass --{flag.replace('_', '-')} with a value inside its range (see `tth say --help`)"
-        return f"invalid control value: {error.details}. Fix: {fix}"
+    if isinstance(error, InvalidArgumentError):
+        return _invalid(error, chat)
     return str(error)
 
 
@@ -165,6 +183,11 @@ def _controls(args: argparse.Namespace) -> Controls:
 
 
 async def _receive(turn: Turn, status: _Status, on_text: Callable[[str], None] | None = None) -> TurnResult:
+    """The turn's result; progress on `status`, unless its text is streamed to `on_text` instead.
+
+    A streamed reply is its own progress, and both share the terminal's line: the
+    progress line's erase would wipe the reply as it is written.
+    """
     audio_ms, frames = 0.0, 0
     async for event in turn:
         if isinstance(event, AudioEvent):
@@ -173,7 +196,8 @@ async def _receive(turn: Turn, status: _Status, on_text: Callable[[str], None] |
             frames += 1
         elif isinstance(event, TextDeltaEvent) and on_text is not None:
             on_text(event.text_delta.text)
-        status.update(f"receiving: {audio_ms / 1000:.1f} s of speech, {frames} frames")
+        if on_text is None:
+            status.update(f"receiving: {audio_ms / 1000:.1f} s of speech, {frames} frames")
     status.done()
     return (await turn).raise_for_outcome()
 
@@ -209,26 +233,26 @@ _CHAT_HELP = "commands: /emotion LABEL [INTENSITY], /persona ID, /rate X, /quit"
 
 
 async def _chat_command(session: Session, line: str) -> bool:
-    """Handle a /command; False means quit."""
-    name, *rest = line[1:].split()
+    """Handle a /command; False means quit. The change is confirmed only once the SDK has checked it."""
+    name, *rest = line[1:].split() or [""]
     if name in ("quit", "exit", "q"):
         return False
     controls: dict[str, Any] = {}
     if name == "emotion" and rest:
         controls["emotion"] = rest[0]
         if len(rest) > 1:
-            controls["intensity"] = float(rest[1])
+            controls["intensity"] = rest[1]
     elif name == "persona" and rest:
         controls["persona"] = rest[0]
     elif name == "rate" and rest:
-        controls["speech_rate"] = float(rest[0])
+        controls["speech_rate"] = rest[0]
     else:
         print(_CHAT_HELP)
         return True
     try:
-        await session.update_controls(**controls)
-    except InvalidControlError as exc:
-        print(f"tth: {explain(exc, session.target)}", file=sys.stderr)
+        await session.update_controls(**controls)  # a number typed as text is the SDK's to refuse, with its range
+    except InvalidArgumentError as exc:
+        print(f"tth: {explain(exc, session.target, chat=True)}", file=sys.stderr)
         return True
     print(f"(from the next reply on: {', '.join(f'{k}={v}' for k, v in controls.items())})")
     return True
@@ -245,6 +269,7 @@ async def cmd_chat(args: argparse.Namespace) -> int:
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     status = _Status(sys.stderr)
+    turn_control(**_controls(args))  # a bad flag stops here, before connecting, rather than at the first reply
     async with _client(args) as client, client.session(persona=args.persona) as session:
         video = session.started.video
         print(f"connected to {client.target}: session {session.session_id}, persona {session.started.persona_name}")
@@ -267,8 +292,8 @@ async def cmd_chat(args: argparse.Namespace) -> int:
                 result = await _receive(
                     session.say(line, **_controls(args)), status, lambda t: print(t, end="", flush=True)
                 )
-            except TurnFailedError as exc:
-                print(f"\ntth: {explain(exc, client.target)}", file=sys.stderr)
+            except (TurnFailedError, InvalidArgumentError) as exc:
+                print(f"\ntth: {explain(exc, client.target, chat=True)}", file=sys.stderr)
                 continue
             print()
             count += 1
@@ -383,19 +408,35 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"-o {args.output}: the file name must end in one of {', '.join(SUFFIXES)}")
     try:
         code: int = asyncio.run(args.run(args))
+        sys.stdout.flush()  # output that fit in the buffer meets a closed pipe only here
     except TTHError as exc:
         target = args.target or Client().target
         print(f"tth: {explain(exc, target)}", file=sys.stderr)
-        invalid = isinstance(exc, InvalidArgumentError | InvalidControlError) or (
+        invalid = isinstance(exc, InvalidArgumentError) or (
             isinstance(exc, TurnFailedError) and exc.code == "INVALID_ARGUMENT"
         )
         return 2 if invalid else 1
+    except BrokenPipeError:
+        return _reader_went_away()
     except (OSError, ValueError) as exc:
         print(f"tth: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _reader_went_away() -> int:
+    """Exit quietly, as `cat` or `grep` do, when whatever read our output (`| head -1`) stopped reading.
+
+    Python ignores SIGPIPE, so the write fails instead of killing us; the output
+    still buffered must not be flushed again at exit, or Python reports the broken
+    pipe itself. 141 is what a shell reports for a command that SIGPIPE ended.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ built-in defaults.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
+
+from tth_client._limits import CONTROL_RANGES, out_of_range
 
 
 class EmotionLabel(StrEnum):
@@ -42,16 +43,8 @@ PUBLIC_NAMES: dict[str, str] = {
     "motion_gain": "character.motion_gain",
 }
 
-# Inclusive limits of each numeric control.
-RANGES: dict[str, tuple[float, float]] = {
-    "intensity": (0.0, 1.0),
-    "valence": (-1.0, 1.0),
-    "arousal": (-1.0, 1.0),
-    "speech_rate": (0.25, 4.0),
-    "pitch_shift": (-1.0, 1.0),
-    "expressivity": (0.0, 1.0),
-    "motion_gain": (0.0, 2.0),
-}
+# Inclusive limits of each numeric control: one table, shared with the SDK, which checks before sending.
+RANGES = CONTROL_RANGES
 
 
 class ControlError(ValueError):
@@ -81,12 +74,10 @@ class ControlPatch:
 
     def validated(self, prefix: str = "") -> ControlPatch:
         """Return self, or raise ControlError naming the first bad field and its limit."""
-        for name, (lo, hi) in RANGES.items():
+        for name in RANGES:
             value = getattr(self, name)
-            if value is None:
-                continue
-            if not math.isfinite(value) or not lo <= value <= hi:
-                raise ControlError(f"{prefix}{PUBLIC_NAMES[name]} must be in [{lo}, {hi}], got {value}")
+            if value is not None and (problem := out_of_range(name, value)) is not None:
+                raise ControlError(f"{prefix}{PUBLIC_NAMES[name]} {problem}")
         return self
 
     @classmethod
