@@ -2,15 +2,23 @@
 
 Each worker is a whole server (its own adapters, sessions and event loop),
 started with the `spawn` context (gRPC's threads do not survive a fork) and
-bound to the same HOST:PORT. grpcio sets SO_REUSEPORT on its listening sockets
-on Linux by default (the channel argument `grpc.so_reuseport`, 1 unless turned
-off), so the kernel spreads new connections across the workers; a connection,
+bound to the same HOST:PORT with SO_REUSEPORT (the channel argument
+`grpc.so_reuseport`, which a single server turns off), so the kernel spreads new
+connections across the workers; a connection,
 and every session on it, stays with the worker that accepted it. A session
 resumed on another connection may land on another worker: share the session
 store (`store.kind: redis`) when clients rely on resuming. Port 0 with several
 workers picks a free port first, so that all bind the same one. With
 `metrics.port` set, worker i serves its metrics on `metrics.port + i` (scrape
 them all; Prometheus sums across targets).
+
+The port is shared only among these workers. Before starting any, the supervisor
+checks that nothing holds the port (a bind without SO_REUSEPORT, which any
+socket there refuses, ours included) and then holds it with a socket of its own
+that is bound with SO_REUSEPORT but not SO_REUSEADDR and never listens: the
+workers may join it (same user, SO_REUSEPORT), while another server's bind,
+single (no SO_REUSEPORT) or another supervisor's check, is refused. Only two
+supervisors checking in the same instant could both pass.
 
 The supervising process serves nothing. It reports when every worker serves
 (`on_ready`), or raises `WorkerError` when one exits while starting (the port is
@@ -43,7 +51,7 @@ import structlog
 
 from tth_server.config import Config, ConfigError
 from tth_server.logs import configure, log
-from tth_server.server import run_until_signalled
+from tth_server.server import bound_socket, port_taken, run_until_signalled
 
 PARENT_POLL_S = 1.0  # how often a worker checks that its supervisor is alive
 RESTART_BACKOFF_S = (1.0, 30.0)  # the first replacement's delay, doubled per quick death up to the second
@@ -73,6 +81,14 @@ def shared_address(listen: str, workers: int) -> str:
     if not sep or port != "0" or workers < 2:
         return listen
     return f"{host}:{free_port(host)}"
+
+
+def hold_port(address: str) -> socket.socket:
+    """The supervisor's claim on `address`: refused (WorkerError) when anything holds it; see the module docstring."""
+    taken = port_taken(address)
+    if taken:
+        raise WorkerError(f"cannot listen on {address}: {taken}")
+    return bound_socket(address, reuse_addr=False, reuse_port=True)
 
 
 def worker_config(config: Config, index: int) -> Config:
@@ -113,7 +129,10 @@ async def _serve(config: Config, listen: str, index: int, events: Events, parent
     watcher = asyncio.get_running_loop().create_task(_watch_parent(parent))
     try:
         await run_until_signalled(
-            config, listen, ready=lambda running: events.put(("ready", index, os.getpid(), running.port))
+            config,
+            listen,
+            ready=lambda running: events.put(("ready", index, os.getpid(), running.port)),
+            share_port=True,
         )
     finally:
         watcher.cancel()
@@ -271,14 +290,16 @@ def run_workers(
     `setup` runs first in every worker (it must pickle: a module-level function or
     a partial of one); `on_ready(port, pids)` runs here once every worker serves.
     Returns the exit status: 0 once every worker stopped, 1 if one had to be killed.
-    Raises `WorkerError` when a worker exits while starting (the others are stopped).
+    Raises `WorkerError` when the port is taken or a worker exits while starting (the others are then stopped).
     Call it from the main thread (it handles SIGTERM and SIGINT until it returns).
     """
     address = shared_address(listen or config.server.listen, config.server.workers)
+    claim = hold_port(address)
     supervisor = _Supervisor(config, address, setup)
     previous = {sig: signal.signal(sig, supervisor.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return supervisor.run(on_ready)
     finally:
+        claim.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
