@@ -98,9 +98,8 @@ def bound_socket(address: str, *, reuse_addr: bool = True, reuse_port: bool = Fa
     just stopped do not count as the port being taken; a listening socket does.
     """
     host, _, port = address.rpartition(":")
-    host = host.strip("[]") or None
     family, kind, proto, _, where = socket.getaddrinfo(
-        host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     sock = socket.socket(family, kind, proto)
     try:
