@@ -235,7 +235,7 @@ async def test_a_second_server_on_a_port_another_server_holds_refuses_it(
     start: Callable[..., Any], first: str, second: str
 ) -> None:
     holder = await start("--workers", first)
-    assert await _health(holder.port) == health_pb2.HealthCheckResponse.SERVING
+    await holder.logged("all workers serving" if first == "2" else "server started", within_s=60)
     late = await start("--workers", second, port=holder.port)
     await asyncio.wait_for(late.proc.wait(), 30)
     assert late.reader is not None

@@ -24,7 +24,9 @@ The supervising process serves nothing. It reports when every worker serves
 (`on_ready`), or raises `WorkerError` when one exits while starting (the port is
 taken, an adapter fails to start), after stopping the others. SIGTERM or SIGINT
 is forwarded to every worker as SIGTERM, so each shuts down gracefully
-(`server.grace_period_s`); a worker still running well after that is killed. A
+(`server.grace_period_s`); a worker still running well after that is killed.
+Once signalled, the supervisor replaces nobody: a worker that exits then (a
+signal to the process group reaches the workers as well) is simply gone. A
 worker that dies while serving is logged and replaced, after a delay that doubles
 with each quick death (1 s up to 30 s; back to 1 s once a worker has served
 30 s), so a crash does not lose a core and a crash at start does not spin.
@@ -224,9 +226,14 @@ class _Supervisor:
         pid, code = slot.process.pid, slot.process.exitcode
         for message in self.receive(0):  # what it sent before exiting (a "failed" raises while starting)
             self.handle(message, starting)
-        if starting:
+        if starting and self.signalled is None:
             self.stop_all()
             raise WorkerError(f"worker {slot.index} (pid {pid}) exited with code {code} while starting")
+        if self.signalled is not None:
+            # A signal to the process group reaches the workers too: they stop as they would on ours.
+            slot.process.close()
+            slot.process = None
+            return
         served = time.monotonic() - slot.serving_since if slot.serving_since is not None else 0.0
         slot.quick_deaths = 0 if served >= STABLE_S else slot.quick_deaths + 1
         first, most = RESTART_BACKOFF_S
@@ -244,7 +251,7 @@ class _Supervisor:
         for slot in self.slots:
             if slot.process is not None and not slot.process.is_alive():
                 self.reap(slot, starting)
-            elif slot.process is None and slot.restart_at is not None and now >= slot.restart_at:
+            elif slot.process is None and slot.restart_at is not None and now >= slot.restart_at and not self.signalled:
                 self.spawn(slot)
 
     def run(self, on_ready: Callable[[int, list[int]], object] | None) -> int:
