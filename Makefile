@@ -1,13 +1,13 @@
 # Two commands do all set-up on a fresh machine:
 #   make run    create .venv, install TTH, start the server (PROFILE=..., LISTEN=... to choose)
-#   make test   install dev dependencies and buf, lint the protos, check generated code, lint and type-check, run the tests
+#   make test   install dev dependencies, buf and redis-server, lint the protos, check generated code, lint and type-check, run the tests
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?=
 LISTEN ?=
 
-.PHONY: run test lint proto breaking bench services clean
+.PHONY: run test lint proto breaking bench bench-smoke redis services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,11 @@ node_modules/.installed: package.json package-lock.json
 run: $(VENV)/.installed
 	$(BIN)/tth-server $(if $(PROFILE),--profile $(PROFILE)) $(if $(LISTEN),--listen $(LISTEN))
 
-test: $(VENV)/.installed-dev $(VENV)/otel/.installed node_modules/.installed
+# The replica tests start their own redis-server (tests/test_replicas.py); this installs it when missing.
+redis:
+	scripts/redis.sh install
+
+test: $(VENV)/.installed-dev $(VENV)/otel/.installed node_modules/.installed redis
 	npx --no-install buf lint
 	$(BIN)/python scripts/gen_protos.py --check
 	$(BIN)/ruff check .
@@ -55,6 +59,10 @@ breaking: node_modules/.installed
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m bench
+
+# Every benchmark and component at its smallest: checks that they run from what the project installs.
+bench-smoke: $(VENV)/.installed-dev
+	$(BIN)/python -m bench --smoke
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,15 +1,18 @@
 """`make bench`: every benchmark, one table: target, measured, baseline from the same run, ratio, pass or fail.
 
-    .venv/bin/python -m bench [--only latency,interrupt,drift,capacity,wire,memory] [--quick] [--components]
+    .venv/bin/python -m bench [--only latency,interrupt,drift,capacity,wire,memory] [--quick|--smoke] [--components]
 
 Each benchmark is also a module that runs alone (`python -m bench.bench_latency`
 ...; see its docstring for what it measures and how). Servers and load
 generators run in processes of their own; figures are medians unless a row
 says otherwise, and every baseline is measured in the same run, because this
 machine is shared and noisy. `--quick` shrinks the sample counts for a smoke
-run (the figures are then rougher); `--components` also runs the face and
-espeak-ng benchmarks (`bench/bench_face.py`, `bench/bench_espeak.py`) and
-prints their own figures after the table.
+run (the figures are then rougher); `--components` also runs the face,
+espeak-ng and generated-code benchmarks (`bench/bench_face.py`,
+`bench/bench_espeak.py`, `bench/bench_sdk_codegen.py`) and prints their own
+figures after the table. `--smoke` runs every benchmark and component at its
+smallest and exits 1 if one did not run: CI's check (`make bench-smoke`) that a
+fresh install from the project's own files runs them all.
 """
 
 from __future__ import annotations
@@ -27,28 +30,51 @@ from datetime import UTC, datetime
 from bench import bench_capacity, bench_drift, bench_interrupt, bench_latency, bench_memory, bench_wire
 from bench.common import ROOT, Row, machine, table
 
-Suite = Callable[[bool], list[Row]]
+Suite = Callable[[str], list[Row]]
+
+
+def size(mode: str, full: float, quick: float, smoke: float) -> float:
+    """The sample count or duration for `mode`: "full", "quick" or "smoke"."""
+    return {"full": full, "quick": quick, "smoke": smoke}[mode]
+
+
+def _count(mode: str, full: int, quick: int, smoke: int) -> int:
+    return int(size(mode, full, quick, smoke))
+
 
 SUITES: dict[str, Suite] = {
-    "latency": lambda quick: asyncio.run(bench_latency.run(50 if quick else 200, 10 if quick else 40)),
-    "interrupt": lambda quick: asyncio.run(bench_interrupt.run(40 if quick else 200)),
-    "drift": lambda quick: asyncio.run(bench_drift.run(15.0 if quick else 60.0)),
-    "capacity": lambda quick: bench_capacity.run(100 if quick else 300, 40 if quick else 100, 12.0 if quick else 20.0),
-    "wire": lambda quick: asyncio.run(bench_wire.run(10 if quick else 30, 6.0 if quick else 10.0, 1 if quick else 3)),
-    "memory": lambda quick: bench_memory.run(200 if quick else 1000),
+    "latency": lambda m: asyncio.run(bench_latency.run(_count(m, 200, 50, 10), _count(m, 40, 10, 3))),
+    "interrupt": lambda m: asyncio.run(bench_interrupt.run(_count(m, 200, 40, 10))),
+    "drift": lambda m: asyncio.run(bench_drift.run(size(m, 60.0, 15.0, 3.0))),
+    "capacity": lambda m: bench_capacity.run(_count(m, 300, 100, 10), _count(m, 100, 40, 5), size(m, 20.0, 12.0, 3.0)),
+    "wire": lambda m: asyncio.run(
+        bench_wire.run(_count(m, 30, 10, 2), size(m, 10.0, 6.0, 2.0), 1 if m != "full" else 3)
+    ),
+    "memory": lambda m: bench_memory.run(_count(m, 1000, 200, 20)),
 }
+# The component benchmarks, each a script of its own: (arguments, smoke run's arguments).
 COMPONENTS = (
-    [sys.executable, "bench/bench_face.py", "--seconds", "10"],
-    [sys.executable, "bench/bench_espeak.py", "--calls", "50"],
+    (["bench/bench_face.py", "--seconds", "10"], ["bench/bench_face.py", "--seconds", "1"]),
+    (["bench/bench_espeak.py", "--calls", "50"], ["bench/bench_espeak.py", "--calls", "4", "--streams", "2"]),
+    (["bench/bench_sdk_codegen.py"], ["bench/bench_sdk_codegen.py", "--runs", "1"]),
 )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help=f"comma-separated, from: {', '.join(SUITES)}")
-    parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
-    parser.add_argument("--components", action="store_true", help="also run bench_face.py and bench_espeak.py")
+    parser.add_argument("--quick", action="store_true", help="fewer samples: rough figures in a few minutes")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every benchmark and component at its smallest, to check they run (figures meaningless); "
+        "exits 1 when one did not run",
+    )
+    parser.add_argument(
+        "--components", action="store_true", help="also run bench_face.py, bench_espeak.py and bench_sdk_codegen.py"
+    )
     args = parser.parse_args(argv)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     chosen = [s.strip() for s in args.only.split(",") if s.strip()] or list(SUITES)
     unknown = set(chosen) - set(SUITES)
     if unknown:
@@ -59,22 +85,28 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         try:
-            rows.extend(SUITES[name](args.quick))
+            rows.extend(SUITES[name](mode))
         except Exception as exc:  # one broken benchmark must not cost the others' figures
             traceback.print_exc()
             rows.append(Row(f"{name}: did not run", math.nan, "", "runs", False, note=f"{type(exc).__name__}: {exc}"))
         print(f"[bench] {name} done in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"\nTTH benchmarks, {when}, {time.monotonic() - started:.0f} s{' (quick)' if args.quick else ''}")
+    print(f"\nTTH benchmarks, {when}, {time.monotonic() - started:.0f} s{'' if mode == 'full' else f' ({mode})'}")
     print(f"Machine: {machine()}\n")
     print(table(rows))
-    if args.components:
-        for command in COMPONENTS:
-            print(f"\n$ {' '.join(command[1:])}")
-            subprocess.run(command, cwd=ROOT, check=False)
+    broken = [r.target for r in rows if r.target.endswith(": did not run")]
+    if args.components or args.smoke:
+        for full, smoke in COMPONENTS:
+            command = smoke if args.smoke else full
+            print(f"\n$ python {' '.join(command)}", flush=True)
+            if subprocess.run([sys.executable, *command], cwd=ROOT, check=False).returncode != 0:
+                broken.append(f"{command[0]}: did not run")
     failed = [r.target for r in rows if not r.passed]
     summary = f"{len(rows) - len(failed)} of {len(rows)} rows pass"
     print(f"\n{summary}" + (f"; failing: {', '.join(failed)}" if failed else ""))
+    if args.smoke and broken:  # a smoke run checks that everything runs, not the figures
+        print(f"smoke run: {', '.join(broken)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -63,11 +63,13 @@ def reply(seconds: float) -> str:
 class Proxy:
     """A TCP proxy that counts the bytes it relays, each way."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, upstream: str) -> None:
         self.upstream_port = upstream_port
+        self.upstream = upstream  # which server, for the reason a connection failed
         self.down = 0  # server -> client
         self.up = 0  # client -> server
         self.port = 0
+        self.refused: list[str] = []  # why upstream connections failed; the client only sees its connection close
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -79,7 +81,14 @@ class Proxy:
             self._server.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError as exc:
+            self.refused.append(
+                f"the {self.upstream} server on 127.0.0.1:{self.upstream_port} refused a connection: {exc}"
+            )
+            writer.close()
+            return
         await asyncio.gather(self._pipe(reader, up_writer, "up"), self._pipe(up_reader, writer, "down"))
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, way: str) -> None:
@@ -151,14 +160,23 @@ class Run:
 
 async def measure(profile: str, overrides: dict[str, Any], transport: str, sessions: int, ramp: float = 2.0) -> Run:
     with server(profile, overrides, websocket="" if transport.startswith("grpc") else transport) as srv:
-        proxy = Proxy(srv.port)
+        proxy = Proxy(
+            srv.port, "gRPC (bench.serve)" if transport.startswith("grpc") else f"bench.ws_baseline {transport}"
+        )
         await proxy.start()
         delays = [ramp * i / sessions for i in range(sessions)]
         cpu0 = srv.cpu_seconds()
-        if transport in ("grpc", "grpc-batched"):
-            audio = await asyncio.gather(*(grpc_session(proxy.port, d, transport == "grpc-batched") for d in delays))
-        else:
-            audio = await asyncio.gather(*(ws_session(proxy.port, d, transport.endswith("+deflate")) for d in delays))
+        try:
+            if transport in ("grpc", "grpc-batched"):
+                sessions_run = (grpc_session(proxy.port, d, transport == "grpc-batched") for d in delays)
+            else:
+                sessions_run = (ws_session(proxy.port, d, transport.endswith("+deflate")) for d in delays)
+            audio = await asyncio.gather(*sessions_run)
+        except Exception as exc:
+            if not proxy.refused:
+                raise
+            seen = f"{type(exc).__name__}: {exc}"
+            raise RuntimeError(f"{proxy.refused[0]} ({len(proxy.refused)} refused; the client saw {seen})") from exc
         await asyncio.sleep(0.2)
         cpu = srv.cpu_seconds() - cpu0
         await proxy.close()

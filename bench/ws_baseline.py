@@ -257,7 +257,6 @@ def _serve_uvicorn(profile: str, overrides: dict[str, Any], deflate: bool) -> No
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         nonlocal runtime
         runtime = await _runtime(profile, overrides)
-        print(f"READY {port} {os.getpid()}", flush=True)
         yield
 
     async def session_stream(ws: WebSocket) -> None:
@@ -269,9 +268,19 @@ def _serve_uvicorn(profile: str, overrides: dict[str, Any], deflate: bool) -> No
     app = Starlette(routes=[WebSocketRoute("/v1/sessions/stream", session_stream)], lifespan=lifespan)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", ws_per_message_deflate=deflate, ws_max_size=1 << 30)
-    uvicorn.Server(config).run(sockets=[sock])
+    _ReadyServer(config).run(sockets=[sock])
+
+
+class _ReadyServer(uvicorn.Server):
+    """Says READY once it listens. uvicorn runs the lifespan first and only then listens on the socket:
+    a READY printed from the lifespan let the first client connect to a port that refused it (the wire
+    benchmark's proxy then closed the client's connection: "did not receive a valid HTTP response")."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.should_exit and sockets:
+            print(f"READY {sockets[0].getsockname()[1]} {os.getpid()}", flush=True)
 
 
 async def _runtime(profile: str, overrides: dict[str, Any]) -> Runtime:

@@ -91,3 +91,31 @@ async def test_sigterm_stops_the_server_process_cleanly() -> None:
     _, stderr = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0, stderr.decode()[-2000:]
     assert b"shutting down" in stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_sigterm_to_the_process_group_stops_quietly_and_replaces_nothing(workers: str) -> None:
+    """As `timeout 20 tth-server` or a terminal's Ctrl-C does: every process in the group gets the signal,
+    the espeak-ng workers (profile local) and `--workers` processes included."""
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "tth_server.cli", "--profile", "local", "--listen", f"127.0.0.1:{port}"),
+        *("--workers", workers),
+        env={**os.environ, "TTH_SERVER__GRACE_PERIOD_S": "2"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # its own process group, which the test then signals whole
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        request = health_pb2.HealthCheckRequest(service="")
+        await health_pb2_grpc.HealthStub(channel).Check(request, timeout=60, wait_for_ready=True)
+    await asyncio.sleep(0.5)  # every worker serving, not only the one that answered
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    log = stderr.decode(errors="replace")
+    stopping = log[log.index('"shutting down"') :]
+    assert proc.returncode == 0, log[-3000:]
+    # Only the lines saying it stops: no warning, no error, no traceback (processes' lines may interleave).
+    for noise in ('"level": "warning"', '"level": "error"', "Traceback", "Error"):
+        assert noise not in stopping, stopping[-3000:]
+    assert "replacement" not in log and "starting another" not in log, log[-3000:]

@@ -119,11 +119,11 @@ class Server:
 async def start() -> AsyncIterator[Callable[..., Any]]:
     servers: list[Server] = []
 
-    async def start(*args: str, port: int | None = None) -> Server:
+    async def start(*args: str, port: int | None = None, env: dict[str, str] | None = None) -> Server:
         port = port or _free_port()
         proc = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "tth_server.cli", "--profile", "mock", "--listen", f"127.0.0.1:{port}", *args),
-            env={**os.environ, **FAST},
+            env={**os.environ, **FAST, **(env or {})},
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -215,19 +215,38 @@ async def test_workers_stop_when_the_supervisor_is_killed(start: Callable[..., A
 
 
 async def test_a_worker_that_cannot_start_stops_the_others_and_the_server_exits(start: Callable[..., Any]) -> None:
-    with socket.socket() as taken:  # no SO_REUSEPORT: nobody else can bind the port
+    with socket.socket() as taken:  # worker 1's metrics port (metrics.port + 1) is taken; worker 0's is free
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
-        server = await start("--workers", "2", port=port)
+        metrics = taken.getsockname()[1] - 1
+        server = await start("--workers", "2", env={"TTH_METRICS__PORT": str(metrics)})
         await asyncio.wait_for(server.proc.wait(), 20)
     assert server.reader is not None
     await asyncio.wait_for(server.reader, 5)
     log = "".join(server.text)
     assert server.proc.returncode == 1, log[-3000:]
-    last = log.strip().splitlines()[-1]  # grpcio says "Failed to bind to address ...", older ones "cannot listen on"
-    assert last.startswith("tth-server: worker") and "failed to start" in last and f"127.0.0.1:{port}" in last, last
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("tth-server: worker 1") and "failed to start" in last and f":{metrics + 1}" in last, last
     assert len(server.worker_pids()) == 2 and await _gone(*server.worker_pids())
+
+
+@pytest.mark.parametrize(("first", "second"), [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")])
+async def test_a_second_server_on_a_port_another_server_holds_refuses_it(
+    start: Callable[..., Any], first: str, second: str
+) -> None:
+    holder = await start("--workers", first)
+    await holder.logged("all workers serving" if first == "2" else "server started", within_s=60)
+    late = await start("--workers", second, port=holder.port)
+    await asyncio.wait_for(late.proc.wait(), 30)
+    assert late.reader is not None
+    await asyncio.wait_for(late.reader, 5)
+    log = "".join(late.text)
+    assert late.proc.returncode == 1 and "Traceback" not in log, log[-3000:]
+    assert log.strip().splitlines()[-1] == f"tth-server: cannot listen on 127.0.0.1:{holder.port}: address in use", log
+    assert not late.worker_pids()  # refused before any worker started
+    assert await _health(holder.port) == health_pb2.HealthCheckResponse.SERVING
+    code, _ = await holder.stop()
+    assert code == 0
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -242,8 +261,7 @@ async def test_a_taken_port_is_one_clear_line_not_a_traceback(start: Callable[..
     await asyncio.wait_for(server.reader, 5)
     log = "".join(server.text)
     assert server.proc.returncode == 1 and "Traceback" not in log, log[-3000:]
-    last = log.strip().splitlines()[-1]
-    assert last.startswith("tth-server: ") and f"127.0.0.1:{port}" in last, last
+    assert log.strip().splitlines()[-1] == f"tth-server: cannot listen on 127.0.0.1:{port}: address in use", log
 
 
 def test_workers_must_be_at_least_one() -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +91,38 @@ class RunningServer:
         await self.server.wait_for_termination()
 
 
+def bound_socket(address: str, *, reuse_addr: bool = True, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to `address` (HOST:PORT), not listening; raises OSError (EADDRINUSE when taken).
+
+    With `reuse_addr`, as grpcio binds, connections in TIME_WAIT from a server that
+    just stopped do not count as the port being taken; a listening socket does.
+    """
+    host, _, port = address.rpartition(":")
+    family, kind, proto, _, where = socket.getaddrinfo(
+        host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if reuse_addr:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(where)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def port_taken(address: str) -> str:
+    """Why `address` cannot be listened on ("address in use", or the OS's reason), or "" when it can."""
+    try:
+        bound_socket(address).close()
+    except OSError as exc:
+        return "address in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+    return ""
+
+
 def _bind(server: grpc.aio.Server, address: str, tls: TLSSettings) -> int:
     """Listen in plain text, with TLS, or with mutual TLS when a client CA is configured."""
     if not tls.cert_file:
@@ -102,8 +136,14 @@ def _bind(server: grpc.aio.Server, address: str, tls: TLSSettings) -> int:
     return int(server.add_secure_port(address, credentials))
 
 
-async def serve(config: Config, listen: str | None = None) -> RunningServer:
-    """Start adapters and the server; returns once it accepts calls."""
+async def serve(config: Config, listen: str | None = None, *, share_port: bool = False) -> RunningServer:
+    """Start adapters and the server; returns once it accepts calls.
+
+    The port is this server's alone unless `share_port` (the workers of one
+    `--workers` server, see tth_server.workers): grpcio would otherwise set
+    SO_REUSEPORT and a second server on a taken port would start and take half
+    its connections.
+    """
     runtime = Runtime(config)
     metrics.track_sessions(runtime.sessions)
     tracing.configure()
@@ -121,6 +161,7 @@ async def serve(config: Config, listen: str | None = None) -> RunningServer:
             ("grpc.keepalive_permit_without_calls", 1),
             # Clients may ping every 10 s to keep idle streams through proxies alive.
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ("grpc.so_reuseport", int(share_port)),
         ],
     )
     handlers = tolerant_handlers(pb_grpc.add_ConversationServiceServicer_to_server, ConversationServicer(runtime))
@@ -139,7 +180,9 @@ async def serve(config: Config, listen: str | None = None) -> RunningServer:
     else:
         why = ""
     if port == 0:
-        raise OSError(f"cannot listen on {address} (is another server on that port?){why}")
+        await runtime.aclose()
+        taken = port_taken(address)
+        raise OSError(f"cannot listen on {address}: {taken}" if taken else f"cannot listen on {address}{why}")
     metrics_http = None
     if config.metrics.port:
         try:
@@ -179,12 +222,16 @@ def tune_for_serving() -> None:
 
 
 async def run_until_signalled(
-    config: Config, listen: str | None = None, ready: Callable[[RunningServer], object] | None = None
+    config: Config,
+    listen: str | None = None,
+    ready: Callable[[RunningServer], object] | None = None,
+    *,
+    share_port: bool = False,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; `ready` is called once the server accepts calls."""
     import signal
 
-    running = await serve(config, listen)
+    running = await serve(config, listen, share_port=share_port)
     tune_for_serving()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -2,9 +2,9 @@
 
 Each worker is a whole server (its own adapters, sessions and event loop),
 started with the `spawn` context (gRPC's threads do not survive a fork) and
-bound to the same HOST:PORT. grpcio sets SO_REUSEPORT on its listening sockets
-on Linux by default (the channel argument `grpc.so_reuseport`, 1 unless turned
-off), so the kernel spreads new connections across the workers; a connection,
+bound to the same HOST:PORT with SO_REUSEPORT (the channel argument
+`grpc.so_reuseport`, which a single server turns off), so the kernel spreads new
+connections across the workers; a connection,
 and every session on it, stays with the worker that accepted it. A session
 resumed on another connection may land on another worker: share the session
 store (`store.kind: redis`) when clients rely on resuming. Port 0 with several
@@ -12,11 +12,21 @@ workers picks a free port first, so that all bind the same one. With
 `metrics.port` set, worker i serves its metrics on `metrics.port + i` (scrape
 them all; Prometheus sums across targets).
 
+The port is shared only among these workers. Before starting any, the supervisor
+checks that nothing holds the port (a bind without SO_REUSEPORT, which any
+socket there refuses, ours included) and then holds it with a socket of its own
+that is bound with SO_REUSEPORT but not SO_REUSEADDR and never listens: the
+workers may join it (same user, SO_REUSEPORT), while another server's bind,
+single (no SO_REUSEPORT) or another supervisor's check, is refused. Only two
+supervisors checking in the same instant could both pass.
+
 The supervising process serves nothing. It reports when every worker serves
 (`on_ready`), or raises `WorkerError` when one exits while starting (the port is
 taken, an adapter fails to start), after stopping the others. SIGTERM or SIGINT
 is forwarded to every worker as SIGTERM, so each shuts down gracefully
-(`server.grace_period_s`); a worker still running well after that is killed. A
+(`server.grace_period_s`); a worker still running well after that is killed.
+Once signalled, the supervisor replaces nobody: a worker that exits then (a
+signal to the process group reaches the workers as well) is simply gone. A
 worker that dies while serving is logged and replaced, after a delay that doubles
 with each quick death (1 s up to 30 s; back to 1 s once a worker has served
 30 s), so a crash does not lose a core and a crash at start does not spin.
@@ -43,7 +53,7 @@ import structlog
 
 from tth_server.config import Config, ConfigError
 from tth_server.logs import configure, log
-from tth_server.server import run_until_signalled
+from tth_server.server import bound_socket, port_taken, run_until_signalled
 
 PARENT_POLL_S = 1.0  # how often a worker checks that its supervisor is alive
 RESTART_BACKOFF_S = (1.0, 30.0)  # the first replacement's delay, doubled per quick death up to the second
@@ -73,6 +83,14 @@ def shared_address(listen: str, workers: int) -> str:
     if not sep or port != "0" or workers < 2:
         return listen
     return f"{host}:{free_port(host)}"
+
+
+def hold_port(address: str) -> socket.socket:
+    """The supervisor's claim on `address`: refused (WorkerError) when anything holds it; see the module docstring."""
+    taken = port_taken(address)
+    if taken:
+        raise WorkerError(f"cannot listen on {address}: {taken}")
+    return bound_socket(address, reuse_addr=False, reuse_port=True)
 
 
 def worker_config(config: Config, index: int) -> Config:
@@ -113,7 +131,10 @@ async def _serve(config: Config, listen: str, index: int, events: Events, parent
     watcher = asyncio.get_running_loop().create_task(_watch_parent(parent))
     try:
         await run_until_signalled(
-            config, listen, ready=lambda running: events.put(("ready", index, os.getpid(), running.port))
+            config,
+            listen,
+            ready=lambda running: events.put(("ready", index, os.getpid(), running.port)),
+            share_port=True,
         )
     finally:
         watcher.cancel()
@@ -205,9 +226,14 @@ class _Supervisor:
         pid, code = slot.process.pid, slot.process.exitcode
         for message in self.receive(0):  # what it sent before exiting (a "failed" raises while starting)
             self.handle(message, starting)
-        if starting:
+        if starting and self.signalled is None:
             self.stop_all()
             raise WorkerError(f"worker {slot.index} (pid {pid}) exited with code {code} while starting")
+        if self.signalled is not None:
+            # A signal to the process group reaches the workers too: they stop as they would on ours.
+            slot.process.close()
+            slot.process = None
+            return
         served = time.monotonic() - slot.serving_since if slot.serving_since is not None else 0.0
         slot.quick_deaths = 0 if served >= STABLE_S else slot.quick_deaths + 1
         first, most = RESTART_BACKOFF_S
@@ -225,7 +251,7 @@ class _Supervisor:
         for slot in self.slots:
             if slot.process is not None and not slot.process.is_alive():
                 self.reap(slot, starting)
-            elif slot.process is None and slot.restart_at is not None and now >= slot.restart_at:
+            elif slot.process is None and slot.restart_at is not None and now >= slot.restart_at and not self.signalled:
                 self.spawn(slot)
 
     def run(self, on_ready: Callable[[int, list[int]], object] | None) -> int:
@@ -271,14 +297,16 @@ def run_workers(
     `setup` runs first in every worker (it must pickle: a module-level function or
     a partial of one); `on_ready(port, pids)` runs here once every worker serves.
     Returns the exit status: 0 once every worker stopped, 1 if one had to be killed.
-    Raises `WorkerError` when a worker exits while starting (the others are stopped).
+    Raises `WorkerError` when the port is taken or a worker exits while starting (the others are then stopped).
     Call it from the main thread (it handles SIGTERM and SIGINT until it returns).
     """
     address = shared_address(listen or config.server.listen, config.server.workers)
+    claim = hold_port(address)
     supervisor = _Supervisor(config, address, setup)
     previous = {sig: signal.signal(sig, supervisor.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return supervisor.run(on_ready)
     finally:
+        claim.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

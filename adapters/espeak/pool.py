@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import itertools
 import multiprocessing
+import os
 import signal
 import threading
 from collections import deque
@@ -71,7 +72,10 @@ class SynthPiece(NamedTuple):
 
 def _worker_main(conn: Connection, cancelled: ctypes.c_int64, voices: Sequence[str]) -> None:
     """The worker process: initialise espeak once, then serve requests until told to stop."""
-    # Ctrl-C goes to the whole process group; the parent decides when workers stop.
+    # The parent alone decides when workers stop (it sends None, or they see its end of the pipe
+    # close). A signal to the server's process group (Ctrl-C, `timeout`, systemd's SIGTERM) would
+    # otherwise also reach them and kill them mid-shutdown, which the pool takes for a crash.
+    os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         espeak = Espeak.open()
