@@ -7,7 +7,16 @@ import asyncio
 import pytest
 
 from tth_server.drift import DriftController
-from tth_server.events import AudioOut, ControlReport, TextOut, TurnCompleted, TurnMetrics, VideoOut
+from tth_server.events import (
+    AudioOut,
+    ControlReport,
+    ErrorCode,
+    ErrorOut,
+    TextOut,
+    TurnCompleted,
+    TurnMetrics,
+    VideoOut,
+)
 from tth_server.media import AudioChunk, RenderSettings, VideoEncoding, VideoFrame
 from tth_server.outbox import Outbox
 
@@ -49,3 +58,19 @@ def test_drift_controller_places_frames_on_the_grid_nearest_their_audio() -> Non
     assert drift.max_abs_ms == pytest.approx(0.0)
     late = drift.place(_frame(8, 320.0, 80.0))  # depicts audio already shown
     assert late is None and drift.corrected == 6
+
+
+async def test_unread_control_events_overflow_at_the_limit_and_a_reader_that_takes_them_never_does() -> None:
+    box = Outbox(capacity=2, max_unread=3)
+    for _ in range(10):  # a client that reads: each error is taken before the next comes
+        box.put_control(ErrorOut(ErrorCode.INVALID_ARGUMENT, "bad"))
+        assert isinstance(await box.get(), ErrorOut)
+    assert not box.overflowed and box.peak_controls == 1
+    await box.put(TextOut("t", "media does not count"))
+    box.put_control(ErrorOut(ErrorCode.INVALID_ARGUMENT, "bad"))
+    box.put_control(TurnCompleted("t", TurnMetrics(), ControlReport(), ""))
+    assert not box.overflowed and box.purge("t") == 0  # the purge takes the turn's events back, counts and all
+    box.put_control(ErrorOut(ErrorCode.INVALID_ARGUMENT, "bad"))
+    assert not box.overflowed
+    box.put_control(ErrorOut(ErrorCode.INVALID_ARGUMENT, "bad"))
+    assert box.overflowed and box.peak_controls == 3 and len(box) == 3  # the third is queued, not dropped

@@ -44,6 +44,7 @@ class SessionSettings:
     history_turns: int = 20
     attach_timeout_s: int = 600
     outbox_capacity: int = 256
+    max_unread_events: int = 256  # errors, notices and turn ends queued unread before the call ends
     config_timeout_s: float = 30.0
     max_lead_ms: float = 500.0
     resume_window_s: float = 30.0  # how long a session whose stream dropped waits for a resume
@@ -406,6 +407,8 @@ def _session(session: SessionSettings) -> SessionSettings:
         )
     if session.replay_events < 1 or session.replay_bytes < 1:
         raise ConfigError("session.replay_events and session.replay_bytes must be >= 1")
+    if session.max_unread_events < 1:
+        raise ConfigError(f"session.max_unread_events must be >= 1, got {session.max_unread_events}")
     return session
 
 

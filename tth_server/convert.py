@@ -11,6 +11,7 @@ from tth_client.v1 import controls_pb2 as cpb
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import media_pb2 as mpb
 from tth_server.controls import ControlError, ControlPatch, EmotionLabel
+from tth_server.errors import bounded
 from tth_server.events import (
     AudioOut,
     ControlReport,
@@ -268,12 +269,14 @@ def _payload(event: Event) -> tuple[str, Any]:
     if isinstance(event, ErrorOut):
         return "error", pb.Error(
             code=_ERRORS[event.code],
-            message=event.message,
+            message=bounded(event.message),
             retryable=event.retryable,
             retry_after_ms=event.retry_after_ms,
         )
     if isinstance(event, Notice):
-        return "notice", pb.SessionNotice(kind=_NOTICES[event.kind], message=event.message, ends_in_ms=event.ends_in_ms)
+        return "notice", pb.SessionNotice(
+            kind=_NOTICES[event.kind], message=bounded(event.message), ends_in_ms=event.ends_in_ms
+        )
     if isinstance(event, Started):
         return "started", started_proto(event, "")
     raise TypeError(f"no proto for {type(event).__name__}")

@@ -1,4 +1,13 @@
-"""One table from provider error categories to in-stream error codes and gRPC status codes."""
+"""What a client is told when something goes wrong: one table of codes, and how its own values are quoted back.
+
+Provider error categories map to in-stream error codes and gRPC status codes in
+one table. A value that came from a client (a persona id, a session id) is quoted
+in an error by `echo` only: its first `ECHO_CHARS` characters and its length, so
+an error about a 4 MB field is still a short message. `bounded` is the last guard
+where any message leaves (an in-stream error, a notice, a status): a message,
+whatever built it, stays under `MAX_MESSAGE_CHARS`, far inside the gRPC message
+limit and grpc-core's 16 KiB limit on the trailing metadata that carries a status.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,9 @@ import grpc
 
 from adapters.errors import ErrorCategory, ProviderError
 from tth_server.events import ErrorCode, ErrorOut
+
+ECHO_CHARS = 64  # how much of a client's value an error quotes
+MAX_MESSAGE_CHARS = 1024  # the longest message in an error, a notice or a status
 
 CATEGORY_CODES: dict[ErrorCategory, tuple[ErrorCode, grpc.StatusCode]] = {
     ErrorCategory.AUTH: (ErrorCode.UNAUTHENTICATED, grpc.StatusCode.UNAUTHENTICATED),
@@ -25,6 +37,20 @@ STATUS_CODES: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
 }
+
+
+def echo(value: str) -> str:
+    """`value` quoted for an error message: whole when short, else its first `ECHO_CHARS` characters and its length."""
+    if len(value) <= ECHO_CHARS:
+        return repr(value)
+    return f"{value[:ECHO_CHARS]!r}... ({len(value)} characters)"
+
+
+def bounded(message: str) -> str:
+    """`message` cut to `MAX_MESSAGE_CHARS`, saying how long it was (a provider's error body can be any length)."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[: MAX_MESSAGE_CHARS - 40]}... (cut from {len(message)} characters)"
 
 
 def root_cause(exc: BaseException) -> BaseException:

@@ -3,9 +3,13 @@
 Producers of text and audio wait while the queue is full, so a slow reader
 slows the turn down instead of growing memory; video frames are dropped instead
 (and counted per turn), because a late face is worth less than late speech.
-Control events (started, terminal events, errors) are never dropped and never
-wait. `purge(turn_id)` removes a turn's queued events, so nothing of an
-interrupted turn is sent after its `turn_interrupted`.
+Control events (terminal events, errors, notices) are never dropped and never
+wait, but they are bounded too: a client that leaves `max_unread` of them
+unread has stopped listening, and the outbox says so (`overflowed`); the
+servicer then ends the call with RESOURCE_EXHAUSTED instead of queueing an
+error for every bad request such a client goes on sending. `purge(turn_id)`
+removes a turn's queued events, so nothing of an interrupted turn is sent
+after its `turn_interrupted`.
 
 Until the reader has taken a turn's first audio, a producer that queues text
 or audio lets the reader run before it goes on, so the first text and the
@@ -36,6 +40,7 @@ MAX_AUDIO_MS = 200.0  # the longest audio event made by merging queued chunks
 # A stream that batches media takes the media queued behind an event into one message, up to:
 MAX_BATCH_ITEMS = 64
 MAX_BATCH_BYTES = 512 * 1024  # well under the 4 MiB gRPC clients accept by default
+_BACKPRESSURED = (TextOut, AudioOut, VideoOut)  # what `put` and `offer_video` queue; the rest is control
 
 
 def gather_media(first: AudioOut | VideoOut, take: Callable[[], AudioOut | VideoOut | None]) -> MediaBatch:
@@ -61,8 +66,9 @@ def gather_media(first: AudioOut | VideoOut, take: Callable[[], AudioOut | Video
 
 
 class Outbox:
-    def __init__(self, capacity: int = 256) -> None:
+    def __init__(self, capacity: int = 256, max_unread: int = 256) -> None:
         self._capacity = capacity
+        self.max_unread = max_unread  # control events queued and not yet taken, at most
         self._items: deque[Event] = deque()
         self._readers: list[asyncio.Future[None]] = []  # `get`s waiting for an event (a plain list: hot path)
         self._writable = asyncio.Event()
@@ -70,6 +76,9 @@ class Outbox:
         self._closed = False
         self._heard = ""  # the last turn whose audio the reader has taken
         self.dropped: Counter[str] = Counter()  # video frames dropped, by turn id
+        self._controls = 0  # control events queued, not yet taken
+        self.peak_controls = 0  # the most that were ever queued at once
+        self.overflowed = False  # `max_unread` control events were queued at once
 
     def __len__(self) -> int:
         return len(self._items)
@@ -92,8 +101,17 @@ class Outbox:
         return True
 
     def put_control(self, event: Event) -> None:
-        """Queue an event that must never be dropped or delayed by backpressure."""
+        """Queue an event that must never be dropped or delayed by backpressure.
+
+        The `max_unread`-th one queued while none is taken sets `overflowed`; it
+        is queued all the same (a terminal event is never lost), and the owner
+        ends the session, which stops further ones.
+        """
         self._append(event)
+        self._controls += 1
+        self.peak_controls = max(self.peak_controls, self._controls)
+        if self._controls >= self.max_unread:
+            self.overflowed = True
 
     def purge(self, turn_id: str) -> int:
         """Remove every queued event of `turn_id`; returns how many video frames that took back."""
@@ -105,6 +123,7 @@ class Outbox:
             elif isinstance(event, VideoOut):
                 frames += 1
         self._items = kept
+        self._controls = sum(1 for event in kept if not isinstance(event, _BACKPRESSURED))
         self._wake_writers()
         return frames
 
@@ -147,7 +166,9 @@ class Outbox:
 
     def _take(self) -> Event:
         event = self._items.popleft()
-        if type(event) is AudioOut:
+        if not isinstance(event, _BACKPRESSURED):
+            self._controls -= 1
+        elif type(event) is AudioOut:
             self._heard = event.turn_id
             if self._items and type(self._items[0]) is AudioOut:
                 event = self._merge_audio(event)

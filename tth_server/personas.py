@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from tth_server.controls import ControlError, ControlPatch
+from tth_server.errors import echo
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,4 +60,4 @@ class PersonaCatalog:
         try:
             return self._personas[persona_id]
         except KeyError:
-            raise ControlError(f"{field} {persona_id!r} is not a known persona; known: {self.ids()}") from None
+            raise ControlError(f"{field} {echo(persona_id)} is not a known persona; known: {self.ids()}") from None

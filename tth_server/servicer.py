@@ -26,7 +26,7 @@ from tth_server import convert
 from tth_server.auth import ANONYMOUS
 from tth_server.controls import ControlError
 from tth_server.convert import Malformed
-from tth_server.errors import STATUS_CODES
+from tth_server.errors import STATUS_CODES, bounded
 from tth_server.events import ErrorCode, ErrorOut, InterruptReason, MediaBatch, Notice, NoticeKind
 from tth_server.limits import LimitExceeded
 from tth_server.logs import log
@@ -46,7 +46,7 @@ _TAKEN_OVER = "another stream resumed this session (config.resume_after_seq); th
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
+    await context.abort(code, bounded(message))  # a status travels in trailing metadata: grpc-core caps it at 16 KiB
     raise AssertionError("unreachable: abort raises")
 
 
@@ -65,7 +65,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
         loop = asyncio.get_running_loop()
         call_done = asyncio.Event()
         context.add_done_callback(lambda _: call_done.set())
-        reader = loop.create_task(self._read(requests, session, key, attachment, call_done))
+        reader = loop.create_task(self._read(requests, session, key, attachment, call_done, context))
         watchdog = loop.create_task(self._watch(session))
         over = False
         try:
@@ -206,11 +206,15 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
         key: str,
         attachment: Attachment,
         call_done: asyncio.Event,
+        context: grpc.aio.ServicerContext,
     ) -> None:
         try:
             async for request in requests:
                 session.last_request = time.monotonic()
                 await self._handle(request, session, key)
+                if session.outbox.overflowed:  # the client stopped reading: stop reading it too, and end
+                    await self._end_unread(session, context)
+                    return
                 await asyncio.sleep(0)  # a turn just started runs before this task asks gRPC for the next request
         except Exception as exc:  # the call broke; gRPC ends it, and the session waits for a resume
             log.info("reading the stream failed", error=f"{type(exc).__name__}: {exc}")
@@ -222,6 +226,19 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             await asyncio.wait_for(call_done.wait(), _CANCEL_GRACE_S)
         if not call_done.is_set() and attachment.active:
             session.outbox.close()
+
+    @staticmethod
+    async def _end_unread(session: Session, context: grpc.aio.ServicerContext) -> None:
+        """End a session whose client left `session.max_unread_events` events unread, with RESOURCE_EXHAUSTED."""
+        message = (
+            f"the client left {session.outbox.max_unread} events unread (in-stream errors, notices and turn ends; "
+            "the limit is session.max_unread_events); the session ends: read the responses of a stream"
+        )
+        await session.end(ErrorCode.RESOURCE_EXHAUSTED, message)
+        # The handler may be stuck in a write the client never takes (flow control): end the call from here, so
+        # its place and buffers are freed now, not when the client goes away.
+        with contextlib.suppress(grpc.aio.AbortError, grpc.aio.UsageError):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
     async def _handle(self, request: pb.ConverseRequest | Malformed, session: Session, key: str) -> None:
         if isinstance(request, Malformed):

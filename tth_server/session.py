@@ -32,7 +32,7 @@ from adapters.base import Message
 from tth_server import metrics, tracing
 from tth_server.auth import ANONYMOUS
 from tth_server.controls import ControlPatch
-from tth_server.errors import turn_failure
+from tth_server.errors import echo, turn_failure
 from tth_server.events import (
     AudioOut,
     ErrorCode,
@@ -118,7 +118,7 @@ class AttachRefused(Exception):
 def unknown_session(session_id: str) -> AttachRefused:
     return AttachRefused(
         "not_found",
-        f"config.session_id {session_id[:64]!r} is not a session this caller can attach to (unknown, ended or expired)",
+        f"config.session_id {echo(session_id)} is not a session this caller can attach to (unknown, ended or expired)",
     )
 
 
@@ -165,7 +165,7 @@ class Session:
         self.policy = policy
         self.lead_ms = lead_ms
         self.history: deque[Message] = deque(maxlen=2 * runtime.config.session.history_turns)
-        self.outbox = Outbox(runtime.config.session.outbox_capacity)
+        self.outbox = Outbox(runtime.config.session.outbox_capacity, runtime.config.session.max_unread_events)
         self._turn: _Turn | None = None
         self._closed = False
         self.conversation = ConversationSlot()  # used only with a realtime provider

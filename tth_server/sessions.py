@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Coroutine, Iterator
 from typing import TYPE_CHECKING
 
+from tth_server.errors import echo
 from tth_server.events import ErrorCode, ErrorOut
 from tth_server.limits import LimitExceeded
 from tth_server.logs import log
@@ -81,7 +82,7 @@ class SessionTable:
             if session.attached and after is None:
                 raise AttachRefused(
                     "not_found",
-                    f"config.session_id {session_id!r} is attached to another stream; "
+                    f"config.session_id {echo(session_id)} is attached to another stream; "
                     "set config.resume_after_seq to take it over",
                 )
             if after is not None:
