@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import grpc
 import numpy as np
@@ -110,7 +111,7 @@ async def test_text_the_phonemizer_finds_odd_gives_speech_or_nothing_never_a_cra
 async def test_a_4000_character_segment_is_spoken_in_pieces_and_first_audio_comes_early(tts: PiperTTS) -> None:
     text = ("this is a long run of words without any stop " * 90)[:4000]
     started = time.monotonic()
-    stream = tts.synthesize(text, tts.map_controls(Controls()))
+    stream = cast(AsyncGenerator[AudioChunk, None], tts.synthesize(text, tts.map_controls(Controls())))
     first = await anext(stream)
     first_s = time.monotonic() - started
     await stream.aclose()
@@ -125,7 +126,7 @@ async def test_a_4000_character_segment_is_spoken_in_pieces_and_first_audio_come
 async def test_closing_the_stream_stops_synthesis_within_one_piece(tts: PiperTTS) -> None:
     text = "One two three four five six seven eight nine ten. " * 20
     before = tts.samples_synthesized
-    stream = tts.synthesize(text, tts.map_controls(Controls()))
+    stream = cast(AsyncGenerator[AudioChunk, None], tts.synthesize(text, tts.map_controls(Controls())))
     await anext(stream)
     await stream.aclose()
     await asyncio.sleep(0.5)  # a piece already running in a thread finishes; no new one starts
