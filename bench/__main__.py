@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one table: target, measured, baseline from the same run, ratio, pass or fail.
 
-    .venv/bin/python -m bench [--only latency,interrupt,drift,capacity,wire,memory] [--quick] [--components]
+    .venv/bin/python -m bench [--only latency,interrupt,drift,capacity,wire,memory,voice] [--quick] [--components]
 
 Each benchmark is also a module that runs alone (`python -m bench.bench_latency`
 ...; see its docstring for what it measures and how). Servers and load
@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from bench import bench_capacity, bench_drift, bench_interrupt, bench_latency, bench_memory, bench_wire
+from bench import bench_capacity, bench_drift, bench_interrupt, bench_latency, bench_memory, bench_voice, bench_wire
 from bench.common import ROOT, Row, machine, table
 
 Suite = Callable[[bool], list[Row]]
@@ -36,6 +36,7 @@ SUITES: dict[str, Suite] = {
     "capacity": lambda quick: bench_capacity.run(100 if quick else 300, 40 if quick else 100, 12.0 if quick else 20.0),
     "wire": lambda quick: asyncio.run(bench_wire.run(10 if quick else 30, 6.0 if quick else 10.0, 1 if quick else 3)),
     "memory": lambda quick: bench_memory.run(200 if quick else 1000),
+    "voice": lambda quick: bench_voice.run(quick),
 }
 COMPONENTS = (
     [sys.executable, "bench/bench_face.py", "--seconds", "10"],
