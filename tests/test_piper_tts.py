@@ -12,7 +12,6 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import cast
 
-import grpc
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -20,8 +19,8 @@ import pytest_asyncio
 from adapters.errors import ErrorCategory, ProviderError
 from adapters.piper.tts import PiperTTS
 from tests.conftest import ServerFactory
-from tests.wire import Conversation
-from tth_client.v1 import conversation_pb2_grpc as pb_grpc
+from tth_client import Outcome, Session
+from tth_client.v1 import conversation_pb2 as pb
 from tth_server.config import ConfigError
 from tth_server.controls import Controls, EmotionLabel
 from tth_server.media import AudioChunk, MarkKind
@@ -170,14 +169,9 @@ async def test_the_local_profile_falls_back_to_espeak_when_the_voice_fails_to_lo
         components={"tts": tts | {"fallback": [{"adapter": "espeak_tts", "options": {"workers": 1}}]}},
         session={"max_lead_ms": 1_000_000, "outbox_capacity": 100_000},
     )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        conv = Conversation(pb_grpc.ConversationServiceStub(channel))
-        await conv.start()
-        await conv.say("Hello there!")
-        events = await conv.until_terminal()
-        await conv.finish()
-    assert events[-1].WhichOneof("event") == "turn_complete"
-    audio = b"".join(e.audio.data for e in events if e.HasField("audio"))
-    assert len(audio) > 22050  # half a second of espeak-ng speech, not silence
-    timings = {t.stage: t for t in events[-1].turn_complete.metrics.stages}
-    assert any(t.fallback_used for t in timings.values())
+    async with Session(f"127.0.0.1:{server.port}") as session:
+        result = await session.say("Hello there!")
+    assert result.outcome is Outcome.COMPLETED
+    assert result.audio_ms > 500  # espeak-ng speech, not silence
+    tts_timing = next(t for t in result.metrics.stages if t.stage == pb.STAGE_TTS)
+    assert tts_timing.fallback_used and tts_timing.adapter == "espeak_tts"
