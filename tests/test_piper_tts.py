@@ -18,6 +18,7 @@ import pytest_asyncio
 
 from adapters.errors import ErrorCategory, ProviderError
 from adapters.piper.tts import PiperTTS
+from adapters.piper.tts import _split_first as split_first
 from tests.conftest import ServerFactory
 from tth_client import Outcome, Session
 from tth_client.v1 import conversation_pb2 as pb
@@ -175,3 +176,13 @@ async def test_the_local_profile_falls_back_to_espeak_when_the_voice_fails_to_lo
     assert result.audio_ms > 500  # espeak-ng speech, not silence
     tts_timing = next(t for t in result.metrics.stages if t.stage == pb.STAGE_TTS)
     assert tts_timing.fallback_used and tts_timing.adapter == "espeak_tts"
+
+
+async def test_a_first_piece_option_cuts_the_first_run_at_a_word_break_and_keeps_every_word(tmp_path: Path) -> None:
+    options = {"first_piece_phonemes": 12, "threads": 1, "cache_dir": str(tmp_path)}
+    async with PiperTTS("piper", options) as early:
+        chunks = await render(early, "I think that we can do it, and we will start tomorrow morning.")
+    words = [m.text for c in chunks for m in c.marks if m.kind is MarkKind.WORD]
+    assert words == ["I", "think", "that", "we", "can", "do", "it", "and", "we", "will", "start", "tomorrow", "morning"]
+    assert split_first(list("ab cd ef gh ij kl"), 4) == [list("ab cd "), list("ef gh ij kl")]
+    assert split_first(list("abcdefgh"), 4) == [list("abcdefgh")]

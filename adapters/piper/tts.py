@@ -22,6 +22,8 @@ Options (profile YAML, all optional):
     threads: 2                 # concurrent ONNX runs, 1..16 (default: CPU cores)
     intra_op_threads: 1        # onnxruntime threads per run, 1..8
     max_phonemes: 200          # longest piece per run, 20..1000
+    first_piece_phonemes: 0    # >0: cut each call's first piece at the first word break after this many
+                               # phonemes, so first audio comes after a few words' compute, not a clause's
     chunk_ms: 40               # duration of each yielded chunk (the last may be shorter)
     cache_dir: ~/.cache/tth/piper   # where the alignment-patched model is kept
     on_load_error: fail        # fail: the start stops with the reason; fallback: calls fail so the router falls back
@@ -70,6 +72,7 @@ class PiperTTS(TTSAdapter):
         self._intra = _int_option(name, self.options, "intra_op_threads", 1, (1, 8))
         self._max_phonemes = _int_option(name, self.options, "max_phonemes", 200, (20, 1000))
         self._chunk_ms = _int_option(name, self.options, "chunk_ms", 40, (10, 1000))
+        self._first_piece = _int_option(name, self.options, "first_piece_phonemes", 0, (0, 1000))
         cache = self.options.get("cache_dir")
         self._cache_dir = Path(str(cache)).expanduser() if cache else default_cache_dir()
         self._on_load_error = str(self.options.get("on_load_error", "fail"))
@@ -160,6 +163,8 @@ class PiperTTS(TTSAdapter):
                 ErrorCategory.INVALID_REQUEST, f"{self.name}: the phonemizer could not read the text: {exc}"
             ) from exc
         pieces = [p for s in sentences for p in _pieces(s, self._max_phonemes)]
+        if self._first_piece and pieces:
+            pieces[:1] = _split_first(pieces[0], self._first_piece)
         words = _word_names(text, pieces)
         chunker = MarkedChunker(engine.sample_rate_hz, self._chunk_ms)
         first_word = 0
@@ -190,6 +195,14 @@ def _pieces(phonemes: list[str], limit: int) -> Iterator[list[str]]:
         start = cut
     if start < len(phonemes):
         yield phonemes[start:]
+
+
+def _split_first(piece: list[str], at_least: int) -> list[list[str]]:
+    """The first piece cut at the first word break after `at_least` phonemes, if enough is left after it."""
+    for i in range(at_least, len(piece) - at_least):
+        if piece[i] == " ":
+            return [piece[: i + 1], piece[i + 1 :]]
+    return [piece]
 
 
 def _is_word(run: list[str]) -> bool:
