@@ -1,4 +1,8 @@
-"""Cut a stream of audio chunks into per-frame windows on the turn's clock.
+"""Cut audio on a clock: PCM with marks into fixed-length chunks, and chunks into per-frame windows.
+
+Local TTS engines (espeak-ng, Piper) hand over PCM in pieces of their own size with
+speech marks on the call's clock; `MarkedChunker` re-cuts it into chunks of
+`chunk_ms`, each carrying the marks whose time falls inside it.
 
 Avatar adapters that draw a face from the audio ask `FrameClock` which frames
 the audio received so far allows: frame i is shown at i * frame_ms and depicts
@@ -15,7 +19,61 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tth_server.media import AudioChunk, RenderSettings, SpeechMark
+from tth_server.media import BYTES_PER_SAMPLE, AudioChunk, RenderSettings, SpeechMark
+
+
+class MarkedChunker:
+    """Collects one synthesis call's PCM16 and marks and cuts them into chunks of `chunk_ms`, stamped from 0 ms."""
+
+    def __init__(self, sample_rate_hz: int, chunk_ms: int) -> None:
+        self._rate = sample_rate_hz
+        self._chunk_bytes = max(1, round(sample_rate_hz * chunk_ms / 1000)) * BYTES_PER_SAMPLE
+        self._pending = bytearray()
+        self._marks: list[SpeechMark] = []
+        self._received = 0
+        self._emitted = 0
+
+    @property
+    def received_ms(self) -> float:
+        """The end of the audio fed so far, on the call's clock."""
+        return self._received * 1000.0 / self._rate
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def feed(self, pcm: bytes, marks: list[SpeechMark]) -> list[AudioChunk]:
+        """Take a piece of audio and the marks that fall in it; return the chunks that are now complete."""
+        self._marks.extend(marks)
+        self._pending += pcm
+        self._received += len(pcm) // BYTES_PER_SAMPLE
+        chunks: list[AudioChunk] = []
+        # Strictly more than one chunk: the last chunk is held back so the final marks have a home.
+        while len(self._pending) > self._chunk_bytes:
+            chunks.append(self._cut(self._chunk_bytes, final=False))
+        return chunks
+
+    def finish(self, marks: list[SpeechMark] | None = None) -> list[AudioChunk]:
+        """The last, possibly shorter, chunk with `marks` and every mark not yet placed."""
+        self._marks.extend(marks or ())
+        if not self._pending:
+            return []
+        return [self._cut(len(self._pending), final=True)]
+
+    def _cut(self, size: int, *, final: bool) -> AudioChunk:
+        pcm = bytes(self._pending[:size])
+        del self._pending[:size]
+        start_ms = self._emitted * 1000.0 / self._rate
+        self._emitted += size // BYTES_PER_SAMPLE
+        end_ms = self._emitted * 1000.0 / self._rate
+        if final:
+            # Marks at the very end (the closing pause) sit on the last sample, not past it.
+            marks = [m if m.time_ms <= end_ms else SpeechMark(m.kind, end_ms, m.text) for m in self._marks]
+            self._marks = []
+        else:
+            marks = [m for m in self._marks if m.time_ms < end_ms]
+            self._marks = [m for m in self._marks if m.time_ms >= end_ms]
+        return AudioChunk(pcm, self._rate, timestamp_ms=start_ms, marks=tuple(marks))
 
 
 @dataclass(frozen=True, slots=True)

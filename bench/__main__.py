@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one table: target, measured, baseline from the same run, ratio, pass or fail.
 
-    .venv/bin/python -m bench [--only latency,interrupt,drift,capacity,wire,memory] [--quick|--smoke] [--components]
+    .venv/bin/python -m bench [--only latency,interrupt,drift,capacity,wire,memory,voice] [--quick|--smoke] [--components]
 
 Each benchmark is also a module that runs alone (`python -m bench.bench_latency`
 ...; see its docstring for what it measures and how). Servers and load
@@ -27,7 +27,7 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from bench import bench_capacity, bench_drift, bench_interrupt, bench_latency, bench_memory, bench_wire
+from bench import bench_capacity, bench_drift, bench_interrupt, bench_latency, bench_memory, bench_voice, bench_wire
 from bench.common import ROOT, Row, machine, table
 
 Suite = Callable[[str], list[Row]]
@@ -51,6 +51,7 @@ SUITES: dict[str, Suite] = {
         bench_wire.run(_count(m, 30, 10, 2), size(m, 10.0, 6.0, 2.0), 1 if m != "full" else 3)
     ),
     "memory": lambda m: bench_memory.run(_count(m, 1000, 200, 20)),
+    "voice": lambda m: bench_voice.run(m != "full", skip_capacity=m == "smoke"),
 }
 # The component benchmarks, each a script of its own: (arguments, smoke run's arguments).
 COMPONENTS = (

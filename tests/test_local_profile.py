@@ -45,7 +45,7 @@ def _words(text: str) -> list[str]:
 def test_local_is_the_default_profile() -> None:
     config = load_config(env={})
     assert config.profile == "local"
-    assert (config.components["tts"].adapter, config.components["avatar"].adapter) == ("espeak_tts", "face_avatar")
+    assert (config.components["tts"].adapter, config.components["avatar"].adapter) == ("piper_tts", "face_avatar")
 
 
 async def test_a_local_turn_is_real_speech_with_word_marks_and_a_face_covering_it(

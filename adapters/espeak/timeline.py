@@ -22,7 +22,8 @@ import bisect
 import re
 from collections.abc import Iterable, Sequence
 
-from tth_server.media import BYTES_PER_SAMPLE, AudioChunk, MarkKind, SpeechMark
+from adapters.framing import MarkedChunker
+from tth_server.media import AudioChunk, MarkKind, SpeechMark
 
 from .binding import Event, EventType
 
@@ -70,50 +71,22 @@ class Rechunker:
     """Collects espeak's output for one call and cuts it into chunks of `chunk_ms`."""
 
     def __init__(self, text: str, sample_rate_hz: int, chunk_ms: int) -> None:
-        self._rate = sample_rate_hz
-        self._chunk_bytes = max(1, round(sample_rate_hz * chunk_ms / 1000)) * BYTES_PER_SAMPLE
+        self._chunks = MarkedChunker(sample_rate_hz, chunk_ms)
         self._words = _Spans(_TOKEN.finditer(text))
         self._sentences = _Spans(_SENTENCE.finditer(text))
-        self._pending = bytearray()
-        self._marks: list[SpeechMark] = []
-        self._received = 0
-        self._emitted = 0
         self._last_word_ms = 0.0
 
     def feed(self, pcm: bytes, events: Sequence[Event]) -> list[AudioChunk]:
         """Take one espeak buffer; return the chunks that are now complete."""
-        buffer_start_ms = self._ms(self._received)
-        for event in events:
-            self._marks.extend(self._mark(event, max(float(event.audio_ms), buffer_start_ms)))
-        self._pending += pcm
-        self._received += len(pcm) // BYTES_PER_SAMPLE
-        chunks: list[AudioChunk] = []
-        # Strictly more than one chunk: the last chunk is held back so the final marks have a home.
-        while len(self._pending) > self._chunk_bytes:
-            chunks.append(self._cut(self._chunk_bytes, final=False))
-        return chunks
+        buffer_start_ms = self._chunks.received_ms
+        marks = [m for event in events for m in self._mark(event, max(float(event.audio_ms), buffer_start_ms))]
+        return self._chunks.feed(pcm, marks)
 
     def finish(self) -> list[AudioChunk]:
         """The last, possibly shorter, chunk with every mark not yet placed."""
-        if not self._pending:
+        if not self._chunks.pending:
             return []
-        self._marks.extend(self._words_before(self._words.rest(), self._ms(self._received)))
-        return [self._cut(len(self._pending), final=True)]
-
-    def _cut(self, size: int, *, final: bool) -> AudioChunk:
-        pcm = bytes(self._pending[:size])
-        del self._pending[:size]
-        start_ms = self._ms(self._emitted)
-        self._emitted += size // BYTES_PER_SAMPLE
-        end_ms = self._ms(self._emitted)
-        if final:
-            # Events at the very end (the closing pause) sit on the last sample, not past it.
-            marks = [m if m.time_ms <= end_ms else SpeechMark(m.kind, end_ms, m.text) for m in self._marks]
-            self._marks = []
-        else:
-            marks = [m for m in self._marks if m.time_ms < end_ms]
-            self._marks = [m for m in self._marks if m.time_ms >= end_ms]
-        return AudioChunk(pcm, self._rate, timestamp_ms=start_ms, marks=tuple(marks))
+        return self._chunks.finish(self._words_before(self._words.rest(), self._chunks.received_ms))
 
     def _mark(self, event: Event, time_ms: float) -> list[SpeechMark]:
         if event.kind is EventType.WORD:
@@ -137,6 +110,3 @@ class Rechunker:
             SpeechMark(MarkKind.WORD, self._last_word_ms + step * (n + 1), _word_text(token))
             for n, token in enumerate(tokens)
         ]
-
-    def _ms(self, samples: int) -> float:
-        return samples * 1000.0 / self._rate

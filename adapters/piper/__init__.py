@@ -1,0 +1,1 @@
+"""Piper (VITS, ONNX) neural speech on the CPU: the local default voice."""
