@@ -42,7 +42,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from adapters.base import Applied, AvatarAdapter, AvatarInput, Capabilities, ControlMapping, Downgrade
+from adapters.base import (
+    Applied,
+    AvatarAdapter,
+    AvatarInput,
+    Capabilities,
+    ControlMapping,
+    Downgrade,
+    PortraitAvatar,
+)
 from adapters.errors import ErrorCategory, ProviderError
 from adapters.face.animation import Blinker, Envelope, HeadMotion, rms
 from adapters.face.avatar import HONOURED, blink_rate, motion_scale, viseme_weights
@@ -179,7 +187,7 @@ class FrameCache:
                 self.bytes -= len(old)
 
 
-class PhotoAvatar(AvatarAdapter):
+class PhotoAvatar(AvatarAdapter, PortraitAvatar):
     """A portrait whose lips, jaw, lids, brows and head follow the audio and the controls."""
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
