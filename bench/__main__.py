@@ -40,6 +40,7 @@ SUITES: dict[str, Suite] = {
 COMPONENTS = (
     [sys.executable, "bench/bench_face.py", "--seconds", "10"],
     [sys.executable, "bench/bench_espeak.py", "--calls", "50"],
+    [sys.executable, "bench/bench_photo.py", "--seconds", "20", "--sessions", "100"],
 )
 
 
@@ -47,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help=f"comma-separated, from: {', '.join(SUITES)}")
     parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
-    parser.add_argument("--components", action="store_true", help="also run bench_face.py and bench_espeak.py")
+    parser.add_argument(
+        "--components", action="store_true", help="also run bench_face.py, bench_espeak.py and bench_photo.py"
+    )
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()] or list(SUITES)
     unknown = set(chosen) - set(SUITES)

@@ -156,6 +156,20 @@ def expression_pose(expression: Expression) -> FacePose:
     )
 
 
+def compose(expression: FacePose, mouth: MouthShape, lids: float = 0.0) -> FacePose:
+    """An emotion's pose with a mouth shape spoken through it and the lids at least `lids` closed."""
+    return replace(
+        expression,
+        open=max(0.0, mouth.open + expression.open),
+        width=mouth.width * expression.width * (1 - 0.12 * mouth.round),
+        teeth=min(1.0, mouth.teeth + expression.teeth),
+        tongue=1.0 if mouth.tongue else 0.0,
+        press=min(1.0, mouth.press + expression.press),
+        bite=1.0 if mouth.bite else 0.0,
+        lids=max(expression.lids, lids),
+    )
+
+
 class FrameCache:
     """JPEG bytes per `_Key`, least recently used first out; shared by sessions."""
 
@@ -239,6 +253,9 @@ class PhotoAvatar(AvatarAdapter, PortraitAvatar):
             pending.add_done_callback(lambda _: self._pending.pop(digest, None))
         portrait = await asyncio.shield(pending)
         self._portraits[digest] = portrait
+        # Rigged at the default size now, so the first turn's first frame is only a warp.
+        size = RenderSettings()
+        await asyncio.to_thread(self.rig, digest, size.width, size.height)
         return digest
 
     async def _portrait_from_path(self, path: str) -> str:
@@ -410,19 +427,8 @@ class _Turn:
         mouth = self._eased(self._target(window, inside, has_phonemes))
         head = self._motion.pose(t, motion)
         step = _PIXELS_PER_STEP_AT_256 * min(self._settings.width, self._settings.height) / 256
-        pose = replace(
-            expression,
-            open=max(0.0, mouth.open + expression.open),
-            width=mouth.width * expression.width * (1 - 0.12 * mouth.round),
-            teeth=min(1.0, mouth.teeth + expression.teeth),
-            tongue=1.0 if mouth.tongue else 0.0,
-            press=min(1.0, mouth.press + expression.press),
-            bite=1.0 if mouth.bite else 0.0,
-            lids=max(expression.lids, _LIDS[self._blinker.state(t, blinks)]),
-            sway_px=head.sway * step,
-            nod_px=head.nod * step,
-            roll_deg=-head.sway * 0.5,
-        )
+        pose = compose(expression, mouth, _LIDS[self._blinker.state(t, blinks)])
+        pose = replace(pose, sway_px=head.sway * step, nod_px=head.nod * step, roll_deg=-head.sway * 0.5)
         s = self._settings
         key = _Key(self._digest, s.width, s.height, quantize(pose))
         data = self._avatar.frames.get(key)

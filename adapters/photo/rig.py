@@ -230,7 +230,8 @@ class Rig:
             # Closing lips the portrait shows apart: the lower lip rises to the upper one.
             "close": min(0.0, drop),
             "lift": 0.12 * drop + pose.sneer * 0.02 * fw,
-            "width": (pose.width - 1.0) * mw / 2,
+            # Rounding pulls the corners in less than a viseme's width says: further in, they fold into a V.
+            "width": (pose.width - 1.0) * mw / 2 * (0.55 if pose.width < 1 else 1.0),
             "press": pose.press * 0.06 * mw,
             "bite": pose.bite * 0.1 * mw + pose.bite * drop * 0.6,
             "corners": pose.corners * fw,
@@ -238,8 +239,9 @@ class Rig:
             "sneer": pose.sneer * 0.03 * fw,
             "brow_raise": pose.brow_raise * 1.6 * fw,
             "brow_inner": pose.brow_inner * 1.6 * fw,
-            "lid0": pose.lids,
-            "lid1": pose.lids,
+            # Lids open wider than the photo only a little: lifting them further tears the lid crease.
+            "lid0": max(-0.15, pose.lids),
+            "lid1": max(-0.15, pose.lids),
             "lower_lids": pose.lower_lids * 0.6 * max(1.0, self._eye_height(0)),
             "sway": pose.sway_px,
             "nod": pose.nod_px,
