@@ -189,6 +189,17 @@ class AvatarAdapter(Adapter):
         """
 
 
+class PortraitAvatar(ABC):
+    """An avatar that can take a client's own portrait as a session's face (mixed into an AvatarAdapter)."""
+
+    @abstractmethod
+    async def prepare(self, data: bytes) -> str:
+        """Check and measure a portrait; return the id that `RenderSettings.portrait_id` names it by.
+
+        Raises ValueError with a message naming what is wrong with it.
+        """
+
+
 class RealtimeConversation(ABC):
     """One TTH session's conversation with a combined LLM+TTS provider."""
 

@@ -58,6 +58,7 @@ COMPONENTS = (
     (["bench/bench_face.py", "--seconds", "10"], ["bench/bench_face.py", "--seconds", "1"]),
     (["bench/bench_espeak.py", "--calls", "50"], ["bench/bench_espeak.py", "--calls", "4", "--streams", "2"]),
     (["bench/bench_sdk_codegen.py"], ["bench/bench_sdk_codegen.py", "--runs", "1"]),
+    (["bench/bench_photo.py", "--seconds", "20", "--sessions", "100"], ["bench/bench_photo.py", "--seconds", "2", "--sessions", "5"]),
 )
 
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         "exits 1 when one did not run",
     )
     parser.add_argument(
-        "--components", action="store_true", help="also run bench_face.py, bench_espeak.py and bench_sdk_codegen.py"
+        "--components", action="store_true", help="also run bench_face.py, bench_espeak.py, bench_photo.py and bench_sdk_codegen.py"
     )
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"

@@ -105,6 +105,7 @@ class Client:
         max_buffered_events: int = 10_000,
         reconnect: bool = True,
         reconnect_timeout_s: float = 30.0,
+        portrait: bytes | None = None,
     ) -> Session:
         """A `Session` on this client's channel and credentials; the arguments are `Session`'s."""
         return Session(
@@ -119,6 +120,7 @@ class Client:
             max_buffered_events=max_buffered_events,
             reconnect=reconnect,
             reconnect_timeout_s=reconnect_timeout_s,
+            portrait=portrait,
         )
 
     async def _unary(self, method: Any, request: Any) -> Any:
@@ -159,11 +161,13 @@ class Client:
         *,
         control: cpb.TurnControl | None = None,
         render: cpb.RenderOptions | None = None,
+        portrait: bytes | None = None,
         **controls: Unpack[Controls],
     ) -> Turn:
         """Run one whole turn with no session, unpaced (as fast as the server makes it).
 
         `persona=` picks the persona; the other keyword controls are the turn's controls.
+        `portrait=` (JPEG or PNG bytes) is the turn's face, for an avatar that animates photos.
 
         Returns the `Turn` at once; iterate it or await it as a session's turn.
         Bad input raises as in `Session.say()`: `InvalidControlError` or
@@ -179,6 +183,7 @@ class Client:
             control=turn_control(control, **controls),
             render=render,
             batch_media=True,
+            portrait=portrait or b"",
         )
         stub = pb_grpc.ConversationServiceStub(self.channel)
         call = stub.Generate(request, metadata=self._connection.metadata())

@@ -111,6 +111,7 @@ class Session:
         max_buffered_events: int = 10_000,
         reconnect: bool = True,
         reconnect_timeout_s: float = 30.0,
+        portrait: bytes | None = None,
     ) -> None:
         """Describe the session; nothing is sent until it is opened.
 
@@ -132,6 +133,9 @@ class Session:
             reconnect: Resume the session by itself when its connection drops.
             reconnect_timeout_s: How long to keep trying to resume (the server keeps a
                 dropped session for `session.resume_window_s`, 30 s by default).
+            portrait: A JPEG or PNG photo to be the session's face, for a server whose avatar
+                animates photos; one it cannot use makes opening raise `InvalidArgumentError`
+                naming the problem (no face, two faces, too small, too large, not an image).
         """
         self._connection = Connection.resolve(
             target,
@@ -149,6 +153,7 @@ class Session:
             default_control=default_control,
             render=render,
             batch_media=True,  # the same events in several times fewer messages; unpacked in _dispatch
+            portrait=portrait or b"",
         )
         self._open_timeout_s = open_timeout_s
         self._reconnect = reconnect

@@ -123,6 +123,7 @@ class SyncSession:
         max_buffered_events: int = 10_000,
         reconnect: bool = True,
         reconnect_timeout_s: float = 30.0,
+        portrait: bytes | None = None,
     ) -> None:
         self._loop: _Loop | None = None
         self._owns_loop = True
@@ -145,6 +146,7 @@ class SyncSession:
                 max_buffered_events=max_buffered_events,
                 reconnect=reconnect,
                 reconnect_timeout_s=reconnect_timeout_s,
+                portrait=portrait,
             )
 
         self._factory: Callable[[], Session] = factory
@@ -329,12 +331,13 @@ class SyncClient:
         *,
         control: cpb.TurnControl | None = None,
         render: cpb.RenderOptions | None = None,
+        portrait: bytes | None = None,
         **controls: Unpack[Controls],
     ) -> SyncTurn:
         """See `Client.generate`."""
 
         async def generate() -> Turn:
-            return self._client.generate(text, control=control, render=render, **controls)
+            return self._client.generate(text, control=control, render=render, portrait=portrait, **controls)
 
         return SyncTurn(self._loop.run(generate()), self._loop)
 
@@ -349,6 +352,7 @@ class SyncClient:
         max_buffered_events: int = 10_000,
         reconnect: bool = True,
         reconnect_timeout_s: float = 30.0,
+        portrait: bytes | None = None,
     ) -> SyncSession:
         """A `SyncSession` on this client's channel (see `Client.session`); open it with `with`."""
 
@@ -362,6 +366,7 @@ class SyncClient:
                 max_buffered_events=max_buffered_events,
                 reconnect=reconnect,
                 reconnect_timeout_s=reconnect_timeout_s,
+                portrait=portrait,
             )
 
         return SyncSession._on(self._loop, factory)

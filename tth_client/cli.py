@@ -217,8 +217,10 @@ async def cmd_say(args: argparse.Namespace) -> int:
     out = Path(args.output)
     status = _Status(sys.stderr)
     render = render_options(fps=args.fps, width=args.width, height=args.height)
+    portrait = await asyncio.to_thread(Path.read_bytes, Path(args.portrait)) if args.portrait else None
     async with _client(args) as client:
-        result = await _receive(client.generate(args.text, render=render, **_controls(args)), status)
+        turn = client.generate(args.text, render=render, portrait=portrait, **_controls(args))
+        result = await _receive(turn, status)
     seconds = _write(result, out, args.fps, status)
     print(f"wrote {out} ({result.audio_ms / 1000:.2f} s, {len(result.frames)} frames) in {seconds:.2f} s")
     print(f"reply: {result.text}")
@@ -385,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--width", type=int, help="frame width in pixels")
     say.add_argument("--height", type=int, help="frame height in pixels")
     say.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    say.add_argument(
+        "--portrait", metavar="FILE", help="a JPEG or PNG photo to be the face (a server with the photo avatar)"
+    )
     say.set_defaults(run=cmd_say)
 
     chat = commands.add_parser("chat", parents=[conn, controls], help="talk interactively; each reply is saved")

@@ -50,6 +50,7 @@ class SessionSettings:
     resume_window_s: float = 30.0  # how long a session whose stream dropped waits for a resume
     replay_events: int = 2048  # sent events kept per session for a resume to replay
     replay_bytes: int = 4 * 1024 * 1024  # ... and at most this many bytes of them
+    max_portrait_bytes: int = 4 * 1024 * 1024  # SessionConfig.portrait / GenerateRequest.portrait
 
 
 @dataclass(frozen=True, slots=True)

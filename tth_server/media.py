@@ -80,6 +80,8 @@ class RenderSettings:
     fps: int = 25
     width: int = 256
     height: int = 256
+    portrait_id: str = ""
+    """The session's own portrait (a content hash the photo avatar prepared); empty for none."""
 
     @property
     def frame_ms(self) -> float:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
-from adapters.base import Adapter, AvatarAdapter, LLMAdapter, RealtimeAdapter, TTSAdapter
+from adapters.base import Adapter, AvatarAdapter, LLMAdapter, PortraitAvatar, RealtimeAdapter, TTSAdapter
 from tth_server import metrics, router, tracing
 from tth_server.auth import ANONYMOUS, KeyStore
 from tth_server.config import Config, ConfigError
@@ -120,14 +121,41 @@ class Runtime:
         )
         return RenderSettings(fps, width, height), policy, self.config.session.max_lead_ms * _LEADS[mode]
 
+    async def prepare_portrait(self, data: bytes, where: str) -> str:
+        """A client's portrait checked and measured by the avatar; its id for RenderSettings.portrait_id.
+
+        Raises ControlError naming the field and the problem. Detection runs in a worker thread,
+        so other sessions go on meanwhile.
+        """
+        limit = self.config.session.max_portrait_bytes
+        if len(data) > limit:
+            raise ControlError(f"{where} is {len(data)} bytes, over the limit of {limit} (session.max_portrait_bytes)")
+        avatar = self.adapters["avatar"]
+        # Behind the router: any provider of the avatar chain that takes portraits (the primary first).
+        candidates = [avatar.primary, *avatar.fallbacks] if isinstance(avatar, router.RoutedAvatar) else [avatar]
+        taker = next((a for a in candidates if isinstance(a, PortraitAvatar)), None)
+        if taker is None:
+            raise ControlError(f"{where}: this server's avatar ({avatar.name}) does not animate portraits")
+        try:
+            return await taker.prepare(data)
+        except ValueError as exc:
+            raise ControlError(f"{where}: {exc}") from None
+
     def new_session(
-        self, persona_id: str, defaults: ControlPatch, render: RenderRequest, where: str, key_id: str = ANONYMOUS
+        self,
+        persona_id: str,
+        defaults: ControlPatch,
+        render: RenderRequest,
+        where: str,
+        key_id: str = ANONYMOUS,
+        portrait_id: str = "",
     ) -> Session:
         """A validated session, not yet live: `sessions.open` or `sessions.add_waiting` makes it so."""
         persona = self.personas.get(persona_id or self.personas.default_id, f"{where}.persona_id")
         if defaults.persona_id is not None:
             self.personas.get(defaults.persona_id, f"{where}.default_control.character.persona_id")
         settings, policy, lead = self.render_settings(render, f"{where}.render")
+        settings = replace(settings, portrait_id=portrait_id)
         return Session(self, persona.id, defaults, settings, policy, lead, key_id=key_id)
 
     async def create_session(
@@ -139,7 +167,13 @@ class Runtime:
         return session
 
     async def generate(
-        self, text: str, persona_id: str, patch: ControlPatch, render: RenderRequest, batch_media: bool = False
+        self,
+        text: str,
+        persona_id: str,
+        patch: ControlPatch,
+        render: RenderRequest,
+        batch_media: bool = False,
+        portrait_id: str = "",
     ) -> AsyncIterator[Outgoing]:
         """One whole turn, unpaced, as events; the last is TurnCompleted or an ErrorOut. With `batch_media`, media
         events come as `MediaBatch`es of what was ready together, as on a batching Converse stream."""
@@ -147,6 +181,7 @@ class Runtime:
         if patch.persona_id is not None:
             persona = self.personas.get(patch.persona_id, "control.character.persona_id")
         settings, policy, _ = self.render_settings(render, "render")
+        settings = replace(settings, portrait_id=portrait_id)
         turn_id = f"t-{uuid.uuid4().hex[:12]}"
         request = TurnRequest(turn_id, text, (), [("turn", patch)], persona, settings, policy)
         run = TurnRun(request, Pacer(None))

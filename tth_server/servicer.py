@@ -182,13 +182,10 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
                     context, grpc.StatusCode.INVALID_ARGUMENT, "config.resume_after_seq needs config.session_id"
                 )
             else:
-                session = self.runtime.new_session(
-                    cfg.persona_id,
-                    convert.patch_from_proto(cfg.default_control, "config.default_control"),
-                    convert.render_from_proto(cfg.render, "config.render"),
-                    "config",
-                    key,
-                )
+                defaults = convert.patch_from_proto(cfg.default_control, "config.default_control")
+                render = convert.render_from_proto(cfg.render, "config.render")
+                portrait = await self.runtime.prepare_portrait(cfg.portrait, "config.portrait") if cfg.portrait else ""
+                session = self.runtime.new_session(cfg.persona_id, defaults, render, "config", key, portrait)
                 attachment = await self.runtime.sessions.open(session)
             attachment.batch_media = cfg.batch_media
             return session, attachment
@@ -317,6 +314,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             text = convert.text_from_proto(request.text, limit, "text")
             patch = convert.patch_from_proto(request.control, "control")
             render = convert.render_from_proto(request.render, "render")
+            portrait = await self.runtime.prepare_portrait(request.portrait, "portrait") if request.portrait else ""
             limits.open_generate(key)  # a session's place while it runs, and a turn of the key's budget
         except ControlError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -324,7 +322,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             context.set_trailing_metadata((("retry-after-ms", str(int(exc.retry_after_s * 1000) + 1)),))
             await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         try:
-            events = self.runtime.generate(text, request.persona_id, patch, render, request.batch_media)
+            events = self.runtime.generate(text, request.persona_id, patch, render, request.batch_media, portrait)
             try:
                 first = await anext(events)  # the persona is checked here
             except ControlError as exc:

@@ -225,16 +225,26 @@ class _Turn:
 
     def _dominant_viseme(self, marks: tuple[SpeechMark, ...], start_ms: float, end_ms: float) -> str:
         """The viseme held longest in the window (weighted by salience); remembers the last one for the next."""
-        weights: dict[str, float] = {}
-        current, since = self._viseme, start_ms
-        for mark in sorted((m for m in marks if m.kind is MarkKind.PHONEME), key=lambda m: m.time_ms):
-            viseme = viseme_for(mark.text)
-            if viseme is None:
-                continue
-            if mark.time_ms > since:
-                weights[current] = weights.get(current, 0.0) + (mark.time_ms - since) * _SALIENCE.get(current, 1.0)
-                since = mark.time_ms
-            current = viseme
-        weights[current] = weights.get(current, 0.0) + max(0.0, end_ms - since) * _SALIENCE.get(current, 1.0)
-        self._viseme = current
+        weights, self._viseme = viseme_weights(marks, start_ms, end_ms, self._viseme)
         return max(weights, key=lambda v: weights[v])
+
+
+def viseme_weights(
+    marks: tuple[SpeechMark, ...], start_ms: float, end_ms: float, current: str
+) -> tuple[dict[str, float], str]:
+    """How long each viseme is held in [start_ms, end_ms), weighted by salience, and the one held at the end.
+
+    `current` is the viseme held when the window starts (the last one of the previous window).
+    """
+    weights: dict[str, float] = {}
+    since = start_ms
+    for mark in sorted((m for m in marks if m.kind is MarkKind.PHONEME), key=lambda m: m.time_ms):
+        viseme = viseme_for(mark.text)
+        if viseme is None:
+            continue
+        if mark.time_ms > since:
+            weights[current] = weights.get(current, 0.0) + (mark.time_ms - since) * _SALIENCE.get(current, 1.0)
+            since = mark.time_ms
+        current = viseme
+    weights[current] = weights.get(current, 0.0) + max(0.0, end_ms - since) * _SALIENCE.get(current, 1.0)
+    return weights, current

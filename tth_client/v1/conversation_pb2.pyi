@@ -223,6 +223,7 @@ class SessionConfig(_message.Message):
     RENDER_FIELD_NUMBER: _builtins.int
     RESUME_AFTER_SEQ_FIELD_NUMBER: _builtins.int
     BATCH_MEDIA_FIELD_NUMBER: _builtins.int
+    PORTRAIT_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Optional. The id of an existing session to attach to: one made by
     `CreateSession`, or one whose stream dropped (see `resume_after_seq`). Empty
@@ -250,6 +251,15 @@ class SessionConfig(_message.Message):
     so latency is the same. The SDK asks for it. Set per stream: a resume may
     choose differently.
     """
+    portrait: _builtins.bytes
+    """Optional. A portrait photo (JPEG or PNG bytes) to be this session's face,
+    for an avatar that animates photos (`photo_avatar`); empty keeps the
+    persona's or server's face. It must show exactly one frontal face at least
+    64 pixels wide, each side at least 128 pixels, and be at most
+    `session.max_portrait_bytes` (4 MiB by default); otherwise the call ends
+    with INVALID_ARGUMENT naming the problem. A portrait the server has seen
+    before starts at once. Ignored when attaching: the session keeps its own.
+    """
     @_builtins.property
     def default_control(self) -> _controls_pb2.TurnControl:
         """Optional. The session's default controls, below each turn's own controls."""
@@ -267,10 +277,11 @@ class SessionConfig(_message.Message):
         render: _controls_pb2.RenderOptions | None = ...,
         resume_after_seq: _builtins.int | None = ...,
         batch_media: _builtins.bool = ...,
+        portrait: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq", "default_control", b"default_control", "render", b"render", "resume_after_seq", b"resume_after_seq"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq", "batch_media", b"batch_media", "default_control", b"default_control", "persona_id", b"persona_id", "render", b"render", "resume_after_seq", b"resume_after_seq", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq", "batch_media", b"batch_media", "default_control", b"default_control", "persona_id", b"persona_id", "portrait", b"portrait", "render", b"render", "resume_after_seq", b"resume_after_seq", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__resume_after_seq: _TypeAlias = _typing.Literal["resume_after_seq"]  # noqa: Y015
     _WhichOneofArgType__resume_after_seq: _TypeAlias = _typing.Literal["_resume_after_seq", b"_resume_after_seq"]  # noqa: Y015
@@ -1012,6 +1023,7 @@ class GenerateRequest(_message.Message):
     CONTROL_FIELD_NUMBER: _builtins.int
     RENDER_FIELD_NUMBER: _builtins.int
     BATCH_MEDIA_FIELD_NUMBER: _builtins.int
+    PORTRAIT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Required. The user's text, 1 to 4000 characters after trimming (configurable)."""
     persona_id: _builtins.str
@@ -1021,6 +1033,10 @@ class GenerateRequest(_message.Message):
     that are ready together as one `media` response (a whole turn in a few
     dozen responses instead of several hundred), false (the default) one
     response per chunk and frame.
+    """
+    portrait: _builtins.bytes
+    """Optional. As `SessionConfig.portrait`: a JPEG or PNG portrait to be this
+    turn's face; an unusable one ends the call with INVALID_ARGUMENT.
     """
     @_builtins.property
     def control(self) -> _controls_pb2.TurnControl:
@@ -1038,10 +1054,11 @@ class GenerateRequest(_message.Message):
         control: _controls_pb2.TurnControl | None = ...,
         render: _controls_pb2.RenderOptions | None = ...,
         batch_media: _builtins.bool = ...,
+        portrait: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["control", b"control", "render", b"render"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_media", b"batch_media", "control", b"control", "persona_id", b"persona_id", "render", b"render", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_media", b"batch_media", "control", b"control", "persona_id", b"persona_id", "portrait", b"portrait", "render", b"render", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
