@@ -5,9 +5,10 @@ for a piece of text, `AvatarAdapter` turns a stream of audio into frames on the
 audio clock. A provider avatar (`SessionAvatarAdapter`) keeps one connection
 per TTH session (`AvatarConnection`, held in the session's `AvatarConnections`)
 and still meets the per-turn `AvatarAdapter.render` contract. Adapters are
-async context managers (`start` on enter, `aclose` on exit); they declare what they can honour in `capabilities()` and translate the
-resolved controls into their own parameters in `map_controls()`, saying what
-they applied and what they had to downgrade.
+async context managers (`start` on enter, `aclose` on exit); they declare what
+they can honour in `capabilities()` and translate the resolved controls into
+their own parameters in `map_controls()`, saying what they applied and what
+they had to downgrade.
 """
 
 from __future__ import annotations
