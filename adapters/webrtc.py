@@ -30,6 +30,7 @@ import asyncio
 import io
 import math
 from abc import abstractmethod
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,8 @@ from tth_server.media import RenderSettings, VideoEncoding, VideoFrame
 from tth_server.router import Resampler
 
 INSTALL = 'pip install "tth[webrtc]"'
+_PREFETCH = 4  # packets aiortc's RTCRtpReceiver holds in its audio jitter buffer (JitterBuffer(prefetch=4))
+_AUDIBLE = 100  # PCM16 peak above which the provider's returned audio counts as speech (opus leaves noise)
 
 
 def require_aiortc(adapter: str) -> None:
@@ -73,6 +76,7 @@ class ReceivingPeer:
         self.frames: asyncio.Queue[Received] = asyncio.Queue(maxsize=250)  # 10 s at 25 fps
         self._tasks: list[asyncio.Task[None]] = []
         self.on_failed: Callable[[str], None] = lambda why: None  # the connection using it sets this
+        self.on_sound: Callable[[float], None] | None = None  # called with the arrival of audible provider audio
         self.pc.on("track", self._track)
         self.pc.on("connectionstatechange", self._state)
 
@@ -99,23 +103,36 @@ class ReceivingPeer:
         from aiortc.mediastreams import MediaStreamError
 
         loop = asyncio.get_running_loop()
+        last_pts: float | None = None
         try:
             while True:
                 frame = await track.recv()
                 pts_s = float(frame.pts * frame.time_base) if frame.pts is not None else loop.time()
+                # aiortc's video jitter buffer lets a frame out when the next one's first packet comes: it
+                # arrived about one frame interval before we see it.
+                interval = pts_s - last_pts if last_pts is not None and 0 < pts_s - last_pts < 0.2 else 0.0
+                last_pts = pts_s
                 if self.frames.full():  # nobody is reading (between turns): the oldest goes
                     self.frames.get_nowait()
-                self.frames.put_nowait(Received(frame, loop.time(), pts_s))
+                self.frames.put_nowait(Received(frame, loop.time() - interval, pts_s))
         except MediaStreamError:
             self.on_failed("the provider's video track ended")
 
-    @staticmethod
-    async def _drain(track: Any) -> None:
+    async def _drain(self, track: Any) -> None:
+        """Read the provider's audio (its copy of ours); note when it is audible, for a provider that has no
+        "speaking" signal of its own."""
+        import numpy as np
         from aiortc.mediastreams import MediaStreamError
 
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                await track.recv()
+                frame = await track.recv()
+                if self.on_sound is not None and np.abs(frame.to_ndarray()).max(initial=0) > _AUDIBLE:
+                    # aiortc's audio jitter buffer holds _PREFETCH packets back before it lets one out: the
+                    # sound reached us that long before we see it (video frames are not held so).
+                    held_s = _PREFETCH * frame.samples / frame.sample_rate
+                    self.on_sound(loop.time() - held_s)
         except MediaStreamError:
             return
 
@@ -147,6 +164,7 @@ class WebRTCConnection(AvatarConnection):
         self.peer = peer
         self.frame_timeout_s = frame_timeout_s
         self.error: ProviderError | None = None
+        self.onset_tolerance_s = 0.0  # frames this long before the speaking signal may already be speaking
         self._speaking_at: float | None = None
         self._changed = asyncio.Event()
         peer.on_failed = self.fail
@@ -165,6 +183,10 @@ class WebRTCConnection(AvatarConnection):
         if self._speaking_at is None:
             self._speaking_at = at
             self._changed.set()
+
+    async def media_flowing(self) -> None:
+        """Wait for the first frame of the idle face: until then, speech sent in would play to nobody."""
+        await self.peer.frames.put(await self._next())
 
     @abstractmethod
     async def send_audio(self, pcm: bytes) -> None:
@@ -206,11 +228,20 @@ class WebRTCConnection(AvatarConnection):
         frame_ms = settings.frame_ms
         first_pts: float | None = None
         next_slot = 0
+        waiting: deque[Received] = deque(maxlen=50)  # frames read before the provider's speaking signal came
         while True:
-            received = await self._next()
-            if self._speaking_at is None or received.arrived < self._speaking_at:
-                continue  # the idle face, or frames of before the provider started on this turn
+            if waiting and self._speaking_at is not None:
+                received = waiting.popleft()
+            else:
+                received = await self._next()
+                if self._speaking_at is None or waiting:
+                    waiting.append(received)  # the signal may come after the frame that starts the speech
+                    continue
             if first_pts is None:
+                onset = self._speaking_at
+                assert onset is not None  # frames wait in `waiting` until it is known
+                if received.arrived < onset - self.onset_tolerance_s:
+                    continue  # the idle face before the provider started on this turn
                 first_pts = received.pts_s
             source_ms = (received.pts_s - first_pts) * 1000
             slot = math.floor(source_ms / frame_ms + 0.5)

@@ -218,6 +218,11 @@ class SimliAvatar(SessionAvatarAdapter):
             await peer.aclose()
             raise
         connection.listen()
+        try:
+            await connection.media_flowing()
+        except BaseException:
+            await connection.aclose()
+            raise
         return connection
 
     async def _open_socket(self, url: str, secrets: tuple[str, ...]) -> ClientConnection:

@@ -15,8 +15,8 @@ Written from Simli's docs and the `simli-ai` SDK's P2P transport:
 
 The video is `tests.fakes.webrtc.SpeakingFace` (brightness follows the audio
 level). The WebSocket is served on its own port (`ws_url`), the REST API on
-another (`url`). Fault knobs: `token_status` (+ `retry_after`) for the REST
-calls, `drop_after_frames` (the socket and peer drop after that many speaking
+another (`url`). Fault knobs: `session_status` (+ `retry_after`) for the REST
+calls (the first `fault_times`), `drop_after_frames` (the socket and peer drop after that many speaking
 frames), `error_after_frames` (an `ERROR:` message instead), `mute` (never a
 speaking frame).
 """
@@ -48,16 +48,16 @@ RATE_HZ = 16_000
 class FakeSimli(FakeProvider):
     key: str = KEY
     split: int = 0
-    token_status: int | None = None
+    session_status: int | None = None
     retry_after: str | None = None
     fault_times: int = 1_000_000  # how many token requests the status fault hits
     drop_after_frames: int | None = None
     error_after_frames: int | None = None
     mute: bool = False
-    token_requests: int = 0
-    token_bodies: list[dict[str, Any]] = field(default_factory=list)
+    session_requests: int = 0
+    session_bodies: list[dict[str, Any]] = field(default_factory=list)
     sessions_started: int = 0
-    skips: int = 0
+    interrupts: int = 0  # SKIPs
     audio_bytes: int = 0
     messages: list[str] = field(default_factory=list)
     server: FakeHTTPServer | None = None
@@ -96,16 +96,16 @@ class FakeSimli(FakeProvider):
         if request.method != "POST" or request.path != "/compose/token":
             await r.json(404, {"detail": "Not Found"})
             return
-        number, self.token_requests = self.token_requests, self.token_requests + 1
-        if self.token_status is not None and number < self.fault_times:
+        number, self.session_requests = self.session_requests, self.session_requests + 1
+        if self.session_status is not None and number < self.fault_times:
             headers = {"retry-after": self.retry_after} if self.retry_after else {}
-            await r.json(self.token_status, {"detail": "Rate limit exceeded"}, headers)
+            await r.json(self.session_status, {"detail": "Rate limit exceeded"}, headers)
             return
         body = request.json()
         if not isinstance(body, dict) or not body.get("faceId"):
             await r.json(422, {"detail": [{"loc": ["body", "faceId"], "msg": "Field required"}]})
             return
-        self.token_bodies.append(body)
+        self.session_bodies.append(body)
         token = secrets.token_hex(16)
         self._tokens[token] = body
         await r.json(200, {"session_token": token})
@@ -175,7 +175,7 @@ class FakeSimli(FakeProvider):
                 continue
             self.messages.append(message)
             if message == "SKIP":
-                self.skips += 1
+                self.interrupts += 1
                 face.clear()
             elif message == "DONE":
                 await ws.close()

@@ -77,6 +77,7 @@ class SpeakingFace(MediaStreamTrack):
         self._n = 0
         self._start: float | None = None
         self.speaking_frames = 0
+        self.played = bytearray()  # what it has played, for a provider that sends its copy of the audio back
 
     def clear(self) -> None:
         """SKIP / interrupt: drop what has not played."""
@@ -92,6 +93,7 @@ class SpeakingFace(MediaStreamTrack):
         if self.audio and not self.muted:
             piece = bytes(self.audio[:take])
             del self.audio[:take]
+            self.played += piece
             samples = np.frombuffer(piece[: len(piece) // 2 * 2], dtype="<i2").astype(np.float64)
             level = float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
         speaking = level is not None
@@ -109,4 +111,33 @@ class SpeakingFace(MediaStreamTrack):
         self._n += 1
         if self._on_frame is not None:
             await self._on_frame(speaking)
+        return frame
+
+
+class PlayedAudio(MediaStreamTrack):
+    """The provider's copy of the audio its face plays (`SpeakingFace.played`), 20 ms a frame, silence between."""
+
+    kind = "audio"
+
+    def __init__(self, face: SpeakingFace) -> None:
+        super().__init__()
+        self.face = face
+        self._n = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        await asyncio.sleep(max(0.0, self._start + self._n * 0.02 - time.monotonic()))
+        rate = self.face.rate_hz
+        size = rate // 50 * 2
+        piece = bytes(self.face.played[:size]).ljust(size, b"\0")
+        del self.face.played[:size]
+        frame = av.AudioFrame.from_ndarray(
+            np.frombuffer(piece, dtype="<i2").reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = rate
+        frame.pts = self._n * (rate // 50)
+        frame.time_base = fractions.Fraction(1, rate)
+        self._n += 1
         return frame
