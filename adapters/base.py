@@ -2,16 +2,21 @@
 
 Three kinds of stage: `LLMAdapter` streams reply text, `TTSAdapter` streams PCM
 for a piece of text, `AvatarAdapter` turns a stream of audio into frames on the
-audio clock. Adapters are async context managers (`start` on enter, `aclose` on
-exit); they declare what they can honour in `capabilities()` and translate the
-resolved controls into their own parameters in `map_controls()`, saying what
-they applied and what they had to downgrade.
+audio clock. A provider avatar (`SessionAvatarAdapter`) keeps one connection
+per TTH session (`AvatarConnection`, held in the session's `AvatarConnections`)
+and still meets the per-turn `AvatarAdapter.render` contract. Adapters are
+async context managers (`start` on enter, `aclose` on exit); they declare what
+they can honour in `capabilities()` and translate the resolved controls into
+their own parameters in `map_controls()`, saying what they applied and what
+they had to downgrade.
 """
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
@@ -232,3 +237,86 @@ class RealtimeAdapter(Adapter):
     @abstractmethod
     async def open(self, system_prompt: str, mapping: ControlMapping) -> RealtimeConversation:
         """Open a conversation for one session."""
+
+
+class AvatarConnection(ABC):
+    """One TTH session's connection to a provider avatar, used turn after turn."""
+
+    @property
+    @abstractmethod
+    def closed(self) -> bool:
+        """The provider ended it (idle or length limit, an error, a dropped socket): the next turn reconnects."""
+
+    @abstractmethod
+    def speak(self, audio: AsyncIterator[AvatarInput], settings: RenderSettings) -> AsyncIterator[VideoFrame]:
+        """Stream one turn's audio in and yield its frames on the turn's clock (as `AvatarAdapter.render`)."""
+
+    @abstractmethod
+    async def interrupt(self) -> None:
+        """Make the provider drop what it has not played yet; the connection stays usable."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Close the provider connection; safe to call twice."""
+
+
+class AvatarConnections:
+    """The provider-avatar connections of one TTH session, one per adapter; closed with the session."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, AvatarConnection] = {}
+
+    def get(self, adapter: SessionAvatarAdapter) -> AvatarConnection | None:
+        connection = self._open.get(id(adapter))
+        return None if connection is None or connection.closed else connection
+
+    def put(self, adapter: SessionAvatarAdapter, connection: AvatarConnection) -> None:
+        self._open[id(adapter)] = connection
+
+    async def drop(self, adapter: SessionAvatarAdapter) -> None:
+        connection = self._open.pop(id(adapter), None)
+        if connection is not None:
+            await connection.aclose()
+
+    async def aclose(self) -> None:
+        connections, self._open = list(self._open.values()), {}
+        await asyncio.gather(*(c.aclose() for c in connections), return_exceptions=True)
+
+
+session_avatars: ContextVar[AvatarConnections | None] = ContextVar("tth_session_avatars", default=None)
+"""The running session's avatar connections; a turn's task sees its session's (a Generate call: none)."""
+
+
+class SessionAvatarAdapter(AvatarAdapter):
+    """A provider avatar: one connection per TTH session, opened on its first turn, kept across turns.
+
+    Without a session (a Generate call) the connection lives for the one turn. A
+    turn that ends before its frames are all out (an interrupt, a failure, the
+    router giving up on it) tells the provider to drop what it has not played, so
+    the next turn starts clean; a connection that failed is closed and the next
+    turn opens a new one.
+    """
+
+    @abstractmethod
+    async def connect(self) -> AvatarConnection:
+        """Open a connection to the provider, ready to take audio."""
+
+    async def render(self, audio: AsyncIterator[AvatarInput], settings: RenderSettings) -> AsyncIterator[VideoFrame]:
+        holder = session_avatars.get()
+        connection = holder.get(self) if holder is not None else None
+        if connection is None:
+            connection = await self.connect()
+            if holder is not None:
+                holder.put(self, connection)
+        finished = False
+        try:
+            async for frame in connection.speak(audio, settings):
+                yield frame
+            finished = True
+        finally:
+            if not finished and not connection.closed:
+                await connection.interrupt()
+            if holder is None:
+                await connection.aclose()
+            elif connection.closed:
+                await holder.drop(self)

@@ -408,14 +408,23 @@ async def test_an_avatar_that_fails_before_its_first_frame_is_replaced_from_the_
     assert (timings[0].adapter, timings[0].fallback_used) == ("stub_avatar", True)
 
 
-async def test_an_avatar_that_fails_after_frames_fails_the_turn() -> None:
+async def test_an_avatar_that_fails_after_frames_is_replaced_from_the_next_frame() -> None:
     items = await audio_items()
+    render = RenderSettings(25, 64, 64)
+    expected = [f async for f in StubAvatar("stub", {}).render(paced(items, 0), render)]
     avatar = RoutedAvatar(Chain(Stage.AVATAR, [FailingAvatar("remote", 2), StubAvatar("stub_avatar", {})], settings()))
-    got = []
-    with pytest.raises(ProviderError):
-        async for frame in avatar.render(paced(items), RenderSettings(25, 64, 64)):
-            got.append(frame)
-    assert [f.frame_index for f in got] == [0, 1]
+
+    async def turn() -> tuple[list[VideoFrame], list[StageTiming]]:
+        routes = begin_turn()
+        frames = [f async for f in avatar.render(paced(items), render)]
+        timings = [StageTiming(Stage.AVATAR, 1.0, "remote")]
+        routes.apply(timings)
+        return frames, timings
+
+    frames, timings = await asyncio.create_task(turn())
+    assert [f.frame_index for f in frames] == list(range(len(expected)))  # each slot once, none missing
+    assert frames[2:] == expected[2:]  # the fallback's from the third frame on
+    assert (timings[0].adapter, timings[0].fallback_used) == ("remote", True)
 
 
 # ---- building ---------------------------------------------------------------------------------------------------

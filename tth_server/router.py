@@ -22,6 +22,10 @@ For every provider call the router
    changes in the middle of a sentence. Each TTS call is one sentence or clause,
    so a later sentence of the same turn may still fall back; once one has, the
    rest of the turn stays with that provider (one voice per turn, as far as can be).
+   The avatar is the exception: a face that fails mid-turn (a provider avatar's
+   connection dropping, say) is replaced by the next in the chain from the next
+   frame on, drawn from the turn's audio, so the turn goes on with the fallback
+   in its metrics and no frame slot is sent twice.
 
 Errors arrive classified (`adapters.errors.ProviderError`) and keep their category,
 so `tth_server.errors` maps them to one error code table. The turn's metrics say
@@ -523,18 +527,17 @@ def _note_mapping(stage: Stage, mapping: ControlMapping) -> None:
 class _Tape(Generic[T]):
     """Keeps the audio an avatar call has read, so a retry or fallback can start from the beginning.
 
-    A pump task reads the source; readers replay from the start. Once a frame has
-    been delivered no other provider will ever need the past, and it is dropped.
+    A pump task reads the source; readers replay from the start. The whole turn's
+    audio is kept (a fallback taking over mid-turn draws the frames after the last
+    one delivered, and a face needs the audio before them to get there).
     """
 
     def __init__(self, source: AsyncIterator[T]) -> None:
         self._source = source
         self._items: list[T] = []
-        self._base = 0
         self._done = False
         self._error: BaseException | None = None
         self._changed = asyncio.Event()
-        self.keep = True
         self.first_at: float | None = None
         self.on_first: Callable[[float], None] | None = None
         self._pump = asyncio.get_running_loop().create_task(self._run())
@@ -562,12 +565,9 @@ class _Tape(Generic[T]):
         i = 0
         while True:
             changed = self._changed
-            if i < self._base + len(self._items):
-                item = self._items[i - self._base]
+            if i < len(self._items):
+                item = self._items[i]
                 i += 1
-                if not self.keep:
-                    del self._items[: i - self._base]
-                    self._base = i
                 yield item
                 continue
             if self._done:
@@ -590,7 +590,6 @@ class RoutedAvatar(_Routed, AvatarAdapter):
         tape: _Tape[AvatarInput] = _Tape(audio)
         try:
             async for frame in self._frames(tape, settings):
-                tape.keep = False
                 yield frame
         finally:
             await tape.aclose()
@@ -598,37 +597,42 @@ class RoutedAvatar(_Routed, AvatarAdapter):
     async def _frames(self, tape: _Tape[AvatarInput], settings: RenderSettings) -> AsyncIterator[VideoFrame]:
         chain = self.chain
         errors: list[ProviderError] = []
+        resume_ms: float | None = None  # after a mid-turn failure: frames before this were delivered already
         for provider in chain.order():
             attempt = 0
             while provider.breaker.allow():
                 verdict: bool | None = None
                 delay: float | None = None
-                sent = False
                 avatar = provider.adapter
                 assert isinstance(avatar, AvatarAdapter)
-                frames = avatar.render(self._remapped(tape, provider), settings)
+                frames = _after(avatar.render(self._remapped(tape, provider), settings), resume_ms)
                 try:
                     first = await self._first_frame(frames, tape, provider.name)
                     if first is None:
                         verdict = True
                         return
-                    sent = True
                     routes = _turn.get()
                     if routes is not None:
                         routes.served(Stage.AVATAR, provider.name, provider.index)
+                    resume_ms = first.timestamp_ms + settings.frame_ms / 2
                     yield first
                     async for frame in frames:
+                        resume_ms = frame.timestamp_ms + settings.frame_ms / 2
                         yield frame
                     verdict = True
                     return
                 except ProviderError as exc:
                     verdict = None if exc.category is ErrorCategory.INVALID_REQUEST else False
                     metrics.provider_error(Stage.AVATAR.value, provider.name, exc)
-                    if sent:
-                        raise
                     errors.append(exc)
-                    delay = chain.retry_delay_s(exc, attempt)
-                    log.warning("avatar provider failed", adapter=provider.name, error=str(exc))
+                    delay = chain.retry_delay_s(exc, attempt) if resume_ms is None else None
+                    log.warning(
+                        "avatar provider failed",
+                        adapter=provider.name,
+                        error=str(exc),
+                        resume_ms=resume_ms,
+                        next="retry" if delay is not None else "next provider",
+                    )
                     if delay is None:
                         break
                 finally:
@@ -674,6 +678,16 @@ class RoutedAvatar(_Routed, AvatarAdapter):
             ) from None
         finally:
             tape.on_first = None
+
+
+async def _after(frames: AsyncIterator[VideoFrame], resume_ms: float | None) -> AsyncIterator[VideoFrame]:
+    """`frames` from `resume_ms` on (all of them when None): a fallback's frames after the ones delivered."""
+    try:
+        async for frame in frames:
+            if resume_ms is None or frame.timestamp_ms >= resume_ms:
+                yield frame
+    finally:
+        await _aclose(frames)
 
 
 # ---- building ------------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from adapters.base import Message
+from adapters.base import AvatarConnections, Message, session_avatars
 from tth_server import metrics, tracing
 from tth_server.auth import ANONYMOUS
 from tth_server.controls import ControlPatch
@@ -169,6 +169,7 @@ class Session:
         self._turn: _Turn | None = None
         self._closed = False
         self.conversation = ConversationSlot()  # used only with a realtime provider
+        self.avatars = AvatarConnections()  # used only with a provider avatar (Simli, Anam)
         self.turns = 0
         self.last_request = time.monotonic()
         self.ended: ErrorOut | None = None  # why the server ended the session, when it did
@@ -449,10 +450,12 @@ class Session:
         self._closed = True
         self.outbox.close()
         await self.conversation.aclose()
+        await self.avatars.aclose()
 
     async def _run(self, run: TurnRun) -> None:
         turn_id = run.request.turn_id
         structlog.contextvars.bind_contextvars(session_id=self.id, turn_id=turn_id)
+        session_avatars.set(self.avatars)  # this task's context only: the turn's provider avatar is the session's
         sink = _OutboxSink(self.outbox, turn_id)
         terminal: Event
         try:

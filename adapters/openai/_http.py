@@ -1,4 +1,4 @@
-"""HTTP plumbing shared by every HTTP provider adapter (OpenAI, Anthropic, ElevenLabs).
+"""HTTP plumbing shared by every HTTP provider adapter (OpenAI, Anthropic, ElevenLabs, Simli, Anam).
 
 One place for what each of them would otherwise get subtly different:
 
@@ -277,6 +277,26 @@ class ProviderHTTP:
                 yield response
         except httpx.HTTPError as exc:
             raise transport_error(exc, self.provider, self._secrets) from exc
+
+    async def request_json(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        """One request with an optional JSON body; returns the decoded JSON answer.
+
+        Error statuses and transport failures raise a classified ProviderError, as
+        `post_stream`; an answer that is not JSON is a malformed response.
+        """
+        if self._client is None:
+            raise ProviderError(ErrorCategory.CONNECTIVITY, "adapter not started", provider=self.provider)
+        try:
+            response = await self._client.request(method, path, json=dict(body) if body is not None else None)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self.provider, self._secrets) from exc
+        if response.status_code >= 400:
+            raw = response.content[:_ERROR_BODY_LIMIT]
+            raise error_from_status(response.status_code, raw, response.headers, self.provider, self._secrets)
+        try:
+            return response.json()
+        except ValueError:
+            raise malformed(f"answer to {method} {path}", self.provider) from None
 
     def error(self, payload: Any) -> ProviderError:
         return error_from_payload(payload, self.provider, self._secrets)

@@ -1,0 +1,1 @@
+"""Anam: a photoreal persona that lip-syncs our speech (audio passthrough), over WebRTC (`adapters.anam.avatar`)."""

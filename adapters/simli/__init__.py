@@ -1,0 +1,1 @@
+"""Simli: a photoreal face that lip-syncs our speech, over WebRTC (`adapters.simli.avatar`)."""
