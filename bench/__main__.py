@@ -1,6 +1,7 @@
 """`make bench`: every benchmark, one table: target, measured, baseline from the same run, ratio, pass or fail.
 
-    .venv/bin/python -m bench [--only latency,interrupt,drift,capacity,wire,memory,voice] [--quick|--smoke] [--components]
+    .venv/bin/python -m bench [--only latency,interrupt,drift,capacity,wire,memory,voice]
+                              [--quick|--smoke] [--components]
 
 Each benchmark is also a module that runs alone (`python -m bench.bench_latency`
 ...; see its docstring for what it measures and how). Servers and load
@@ -58,7 +59,10 @@ COMPONENTS = (
     (["bench/bench_face.py", "--seconds", "10"], ["bench/bench_face.py", "--seconds", "1"]),
     (["bench/bench_espeak.py", "--calls", "50"], ["bench/bench_espeak.py", "--calls", "4", "--streams", "2"]),
     (["bench/bench_sdk_codegen.py"], ["bench/bench_sdk_codegen.py", "--runs", "1"]),
-    (["bench/bench_photo.py", "--seconds", "20", "--sessions", "100"], ["bench/bench_photo.py", "--seconds", "2", "--sessions", "5"]),
+    (
+        ["bench/bench_photo.py", "--seconds", "20", "--sessions", "100"],
+        ["bench/bench_photo.py", "--seconds", "2", "--sessions", "5"],
+    ),
 )
 
 
@@ -73,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         "exits 1 when one did not run",
     )
     parser.add_argument(
-        "--components", action="store_true", help="also run bench_face.py, bench_espeak.py, bench_photo.py and bench_sdk_codegen.py"
+        "--components",
+        action="store_true",
+        help="also run bench_face.py, bench_espeak.py, bench_photo.py, bench_sdk_codegen.py",
     )
     args = parser.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
