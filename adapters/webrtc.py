@@ -220,6 +220,9 @@ class WebRTCConnection(AvatarConnection):
                 chunk = resampler.feed(chunk)
             await self.send_audio(chunk.pcm)
             sent_ms[0] += chunk.duration_ms
+        if resampler is not None and (tail := resampler.flush()).samples:  # what the filter still held
+            await self.send_audio(tail.pcm)
+            sent_ms[0] += tail.duration_ms
         await self.end_audio()
 
     async def _frames(
