@@ -59,8 +59,13 @@ def target(loop_thread: _LoopThread) -> Iterator[str]:
     loop_thread.run(server.stop(0))
 
 
+def _cli_lines(text: str) -> list[str]:
+    """The CLI's own lines: the server runs in this process, and its JSON log lines are not the CLI's."""
+    return [line for line in text.strip().splitlines() if not line.startswith('{"')]
+
+
 def _one_line(text: str) -> str:
-    lines = text.strip().splitlines()
+    lines = _cli_lines(text)
     assert len(lines) == 1, f"expected one line, got {lines}"
     return lines[0]
 
@@ -197,7 +202,7 @@ def test_an_out_of_range_rate_in_chat_is_one_line_with_the_fix_and_is_never_conf
     monkeypatch.setattr(sys, "stdin", io.StringIO("/rate 9\n/rate fast\n/persona nobody\n/rate 2\n/quit\n"))
     assert main(["chat", "--target", target]) == 0
     out, err = capsys.readouterr()
-    rate, word, persona = err.strip().splitlines()
+    rate, word, persona = _cli_lines(err)
     assert rate == (
         "tth: invalid control value: speech_rate must be in [0.25, 4.0], got 9.0. Fix: type /rate X again; "
         "use a value in [0.25, 4]"

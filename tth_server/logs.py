@@ -8,10 +8,25 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO, cast
 
 import structlog
 
 from tth_server.config import LogSettings
+
+
+class _Stderr:
+    """Whatever sys.stderr is when a line is written, not when a logger was first used.
+
+    Loggers are cached on first use; holding the stream of that moment would send
+    later lines to a stream that was since replaced (a test's capture, a redirect).
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def configure(settings: LogSettings) -> None:
@@ -29,7 +44,7 @@ def configure(settings: LogSettings) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, _Stderr())),
         cache_logger_on_first_use=True,
     )
 
