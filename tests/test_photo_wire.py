@@ -18,6 +18,7 @@ import tth_client
 from tests.conftest import ServerFactory
 from tests.test_photo_avatar import png
 from tth_client import AudioEvent, Client, Outcome, Session, TurnInterruptedEvent, VideoEvent
+from tth_server.config import ConfigError
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -94,3 +95,60 @@ async def test_interrupt_stops_the_photo_faces_frames(start_server: ServerFactor
     cut = next(i for i, e in enumerate(turn.events) if isinstance(e, TurnInterruptedEvent))
     assert cut == len(turn.events) - 1
     assert not any(isinstance(e, VideoEvent | AudioEvent) for e in turn.events[cut + 1 :])
+
+
+def personas_with_portraits(tmp_path: Path, **portraits: bytes) -> str:
+    """A personas file beside the given portraits, each persona naming its own by a relative path."""
+    lines = ["personas:", "  neutral: {name: Alex}"]
+    for pid, data in portraits.items():
+        (tmp_path / f"{pid}.png").write_bytes(data)
+        lines.append(f"  {pid}: {{name: {pid.title()}, portrait: {pid}.png}}")
+    path = tmp_path / "personas.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def centre(frame: bytes) -> np.ndarray:
+    rgb = np.asarray(Image.open(io.BytesIO(frame)).convert("RGB")).astype(np.int16)
+    return rgb[100:140, 110:150].reshape(-1, 3).mean(axis=0)
+
+
+async def test_a_persona_with_a_portrait_speaks_with_it_unless_the_session_sent_its_own(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    personas = personas_with_portraits(tmp_path, host=png(skimage_data.astronaut()))
+    server = await start_server(**photo_server(tmp_path), personas_file=personas)
+    target = f"127.0.0.1:{server.port}"
+    async with Session(target, persona="host") as session:
+        by_persona = await session.say("Hello there!")
+        # Switching to a persona with no portrait, on a server with no default portrait, is a failed turn.
+        other = await session.say("Hi", persona="neutral")
+    assert by_persona.outcome is Outcome.COMPLETED and by_persona.frames
+    assert centre(by_persona.frames[0].data)[0] > centre(by_persona.frames[0].data)[2] + 30  # the astronaut's face
+    assert other.outcome is Outcome.FAILED and "no portrait" in str(other.error)
+    grey = np.repeat(skimage_data.astronaut().mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
+    async with Session(target, persona="host", portrait=png(grey)) as session:
+        own = await session.say("Hello there!")
+    red, _, blue = centre(own.frames[0].data)
+    assert abs(red - blue) < 10  # the session's grey portrait, not the persona's colour one
+
+
+async def test_a_persona_portrait_with_no_face_stops_the_start_naming_the_persona(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    personas = personas_with_portraits(tmp_path, host=png(skimage_data.coffee()))
+    with pytest.raises(ConfigError, match=r"personas\.yaml: host\.portrait: no face found"):
+        await start_server(**photo_server(tmp_path), personas_file=personas)
+    (tmp_path / "host.png").unlink()
+    with pytest.raises(ConfigError, match=r"host\.portrait: cannot read .*host\.png.*No such file"):
+        await start_server(**photo_server(tmp_path), personas_file=personas)
+
+
+async def test_persona_portraits_leave_a_server_with_the_drawn_face_as_it_was(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    personas = personas_with_portraits(tmp_path, host=png(skimage_data.astronaut()))
+    server = await start_server(personas_file=personas, session={"max_lead_ms": 1_000_000})
+    async with Session(f"127.0.0.1:{server.port}", persona="host") as session:
+        result = await session.say("Hello there!")
+    assert result.outcome is Outcome.COMPLETED and result.frames

@@ -6,6 +6,8 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import tth_client
 from tth_client import _exceptions
 from tth_client._events import AudioEvent, VideoEvent, events_from_response
@@ -93,3 +95,9 @@ def test_the_sync_api_takes_the_same_arguments_and_offers_the_same_calls_as_the_
     for name in ("result", "interrupt"):
         extra = {"timeout_s"} if name == "result" else set()
         assert keywords(getattr(tth_client.SyncTurn, name)) == keywords(getattr(tth_client.Turn, name)) | extra
+
+
+def test_a_misspelt_keyword_control_is_refused_naming_it_rather_than_dropped() -> None:
+    with pytest.raises(tth_client.InvalidControlError, match="'persona_id' is not a control") as refused:
+        tth_client.turn_control(persona_id="casual")  # type: ignore[call-arg]
+    assert refused.value.field == "persona_id" and "'persona'" in refused.value.hint

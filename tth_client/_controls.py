@@ -90,6 +90,11 @@ def _enum(wrapper: Any, prefix: str, value: str | int, what: str) -> int:
 
 def turn_control(base: cpb.TurnControl | None = None, **controls: Unpack[Controls]) -> cpb.TurnControl:
     """A `TurnControl` with the given fields set (on a copy of `base`, when given)."""
+    unknown = sorted(set(controls) - set(Controls.__annotations__))
+    if unknown:
+        raise InvalidControlError(
+            f"{unknown[0]!r} is not a control", field=unknown[0], hint=f"use one of {sorted(Controls.__annotations__)}"
+        )
     msg = cpb.TurnControl()
     if base is not None:
         msg.CopyFrom(base)

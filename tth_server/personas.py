@@ -4,12 +4,16 @@ Loaded from `config/personas.yaml`. A persona's controls are one layer of the
 control merge, below the turn, the pending update and the session defaults. A
 persona may leave emotion fields unset so the LLM's inline hints can decide
 them; one that sets them (a professional stays neutral) keeps them.
+
+A persona may name a `portrait:` (a JPEG/PNG path, relative to the personas file):
+the face of its turns on an avatar that animates portraits, unless the session sent
+its own. The runtime prepares it at start like a client's portrait.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ import yaml
 
 from tth_server.controls import ControlError, ControlPatch
 from tth_server.errors import echo
+from tth_server.media import RenderSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +30,16 @@ class Persona:
     name: str
     style: str
     controls: ControlPatch
+    portrait: Path | None = None
+    """The persona's portrait file, if it names one."""
+    portrait_id: str = ""
+    """That portrait once the avatar prepared it (`RenderSettings.portrait_id`); empty before or for none."""
+
+    def render(self, settings: RenderSettings) -> RenderSettings:
+        """A turn's render settings: the session's own portrait, else this persona's."""
+        if settings.portrait_id or not self.portrait_id:
+            return settings
+        return replace(settings, portrait_id=self.portrait_id)
 
 
 class PersonaCatalog:
@@ -37,20 +52,31 @@ class PersonaCatalog:
     @classmethod
     def load(cls, path: Path, default_id: str) -> PersonaCatalog:
         data = yaml.safe_load(path.read_text()) or {}
-        return cls.from_mapping(data.get("personas", {}), default_id, str(path))
+        return cls.from_mapping(data.get("personas", {}), default_id, str(path), path.parent)
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], default_id: str, where: str = "personas") -> PersonaCatalog:
+    def from_mapping(
+        cls, data: Mapping[str, Any], default_id: str, where: str = "personas", base_dir: Path = Path(".")
+    ) -> PersonaCatalog:
         personas = {}
         for pid, spec in data.items():
             spec = spec or {}
+            portrait = spec.get("portrait")
             personas[pid] = Persona(
                 id=pid,
                 name=str(spec.get("name", pid.title())),
                 style=str(spec.get("style", "")).strip(),
                 controls=ControlPatch.from_mapping(spec.get("controls", {}) or {}, f"{where}: {pid}.controls"),
+                portrait=base_dir / Path(str(portrait)).expanduser() if portrait else None,
             )
         return cls(personas, default_id)
+
+    def with_portraits(self) -> list[Persona]:
+        """The personas that name a portrait."""
+        return [p for p in self._personas.values() if p.portrait is not None]
+
+    def set_portrait_id(self, persona_id: str, portrait_id: str) -> None:
+        self._personas[persona_id] = replace(self._personas[persona_id], portrait_id=portrait_id)
 
     def ids(self) -> list[str]:
         return sorted(self._personas)

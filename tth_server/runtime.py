@@ -34,6 +34,7 @@ from tth_server.events import (
     VideoOut,
 )
 from tth_server.limits import Limits
+from tth_server.logs import log
 from tth_server.media import AudioChunk, RenderRequest, RenderSettings, VideoFrame
 from tth_server.outbox import gather_media
 from tth_server.personas import PersonaCatalog
@@ -76,6 +77,36 @@ class Runtime:
     async def start(self) -> None:
         await self.store.start()
         await asyncio.gather(*(a.start() for a in self.adapters.values()))
+        await self._prepare_persona_portraits()
+
+    async def _prepare_persona_portraits(self) -> None:
+        """Each persona's `portrait:` checked and prepared like a client's, so its first turn starts at once.
+
+        A bad portrait stops the start naming the persona; on an avatar that animates no portraits
+        (the drawn face) they are left aside with a warning, as every profile shares the personas file.
+        """
+        named = self.personas.with_portraits()
+        if not named:
+            return
+        if self._portrait_taker() is None:
+            log.warning(
+                "personas name portraits, but this server's avatar does not animate portraits; they are not used",
+                personas=[p.id for p in named],
+                avatar=self.adapters["avatar"].name,
+            )
+            return
+        for persona in named:
+            where = f"{self.config.personas_file}: {persona.id}.portrait"
+            assert persona.portrait is not None
+            try:
+                data = await asyncio.to_thread(persona.portrait.read_bytes)
+            except OSError as exc:
+                raise ConfigError(f"{where}: cannot read {str(persona.portrait)!r}: {exc.strerror}") from None
+            try:
+                portrait_id = await self.prepare_portrait(data, where)
+            except ControlError as exc:
+                raise ConfigError(str(exc)) from None
+            self.personas.set_portrait_id(persona.id, portrait_id)
 
     async def shut_down(self, grace_s: float) -> None:
         """Stop taking work; let running turns finish within `grace_s`; then end every session with UNAVAILABLE."""
@@ -130,16 +161,21 @@ class Runtime:
         limit = self.config.session.max_portrait_bytes
         if len(data) > limit:
             raise ControlError(f"{where} is {len(data)} bytes, over the limit of {limit} (session.max_portrait_bytes)")
-        avatar = self.adapters["avatar"]
-        # Behind the router: any provider of the avatar chain that takes portraits (the primary first).
-        candidates = [avatar.primary, *avatar.fallbacks] if isinstance(avatar, router.RoutedAvatar) else [avatar]
-        taker = next((a for a in candidates if isinstance(a, PortraitAvatar)), None)
+        taker = self._portrait_taker()
         if taker is None:
-            raise ControlError(f"{where}: this server's avatar ({avatar.name}) does not animate portraits")
+            raise ControlError(
+                f"{where}: this server's avatar ({self.adapters['avatar'].name}) does not animate portraits"
+            )
         try:
             return await taker.prepare(data)
         except ValueError as exc:
             raise ControlError(f"{where}: {exc}") from None
+
+    def _portrait_taker(self) -> PortraitAvatar | None:
+        """Behind the router: the first provider of the avatar chain that takes portraits (the primary first)."""
+        avatar = self.adapters["avatar"]
+        candidates = [avatar.primary, *avatar.fallbacks] if isinstance(avatar, router.RoutedAvatar) else [avatar]
+        return next((a for a in candidates if isinstance(a, PortraitAvatar)), None)
 
     def new_session(
         self,
@@ -183,7 +219,7 @@ class Runtime:
         settings, policy, _ = self.render_settings(render, "render")
         settings = replace(settings, portrait_id=portrait_id)
         turn_id = f"t-{uuid.uuid4().hex[:12]}"
-        request = TurnRequest(turn_id, text, (), [("turn", patch)], persona, settings, policy)
+        request = TurnRequest(turn_id, text, (), [("turn", patch)], persona, persona.render(settings), policy)
         run = TurnRun(request, Pacer(None))
         queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=64)
         sink = _QueueSink(queue, turn_id)

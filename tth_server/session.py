@@ -411,7 +411,14 @@ class Session:
             self._running_turn_id = ""
             return ""
         request = TurnRequest(
-            turn_id, text, tuple(self.history), layers, persona, self.render, self.policy, self.conversation
+            turn_id,
+            text,
+            tuple(self.history),
+            layers,
+            persona,
+            persona.render(self.render),
+            self.policy,
+            self.conversation,
         )
         run = TurnRun(request, Pacer(self.lead_ms))
         task = asyncio.get_running_loop().create_task(self._run(run), name=f"turn {turn_id}")

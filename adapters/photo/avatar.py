@@ -1,9 +1,9 @@
 """`photo_avatar`: a portrait photo that speaks the turn's audio, warped on the CPU with OpenCV.
 
-The portrait comes from the session (`SessionConfig.portrait`, prepared by
-`prepare()` and named in `RenderSettings.portrait_id`), else from the persona's
-`portrait:` path, else from the adapter's `portrait` option. None of them has a
-default: TTH ships no one's face.
+The portrait comes from `RenderSettings.portrait_id` (the session's own,
+`SessionConfig.portrait`, else the turn's persona's `portrait:` in personas.yaml,
+both prepared by `prepare()`), else from the adapter's `portrait` option. None of
+them has a default: TTH ships no one's face.
 
 Timing is the drawn face's: frames on the turn's clock from `adapters.framing`
 (frame i at i * frame_ms depicts the audio window centred there, so
@@ -20,7 +20,6 @@ the same portrait and size; a miss warps and encodes in a worker thread (~3 ms a
 Options:
 
     portrait: ""          a JPEG/PNG path used when neither session nor persona names one
-    personas: {}          persona_id -> {portrait: path}
     landmarks: dlib68     or dlib5 (public-domain model, mouth placed by proportion); see docs/photo_face.md
     cache_dir: ~/.cache/tth/portraits   landmarks by portrait hash ("" keeps them in memory only)
     max_portrait_bytes: 4194304
@@ -216,8 +215,6 @@ class PhotoAvatar(AvatarAdapter, PortraitAvatar):
         self.frames = FrameCache(int(float(options.get("cache_mb", 128)) * (1 << 20)))
         self._knobs = Knobs.from_options(options)
         self._default_path = str(options.get("portrait") or "")
-        personas = options.get("personas") or {}
-        self._persona_paths = {str(k): str(v.get("portrait", "")) for k, v in dict(personas).items()}
         self._portraits: dict[str, Portrait] = {}
         self._by_path: dict[str, str] = {}
         self._rigs: OrderedDict[tuple[str, int, int], Rig] = OrderedDict()
@@ -231,8 +228,8 @@ class PhotoAvatar(AvatarAdapter, PortraitAvatar):
     async def start(self) -> None:
         """Load the detector's models and prepare the configured portraits, so a first turn doesn't wait."""
         await asyncio.to_thread(self.detector.warm)
-        for path in {self._default_path, *self._persona_paths.values()} - {""}:
-            await self._portrait_from_path(path)
+        if self._default_path:
+            await self._portrait_from_path(self._default_path)
 
     def capabilities(self) -> Capabilities:
         return Capabilities(streaming=True, controls=HONOURED, emotions=frozenset(EmotionLabel), speech_marks=True)
@@ -270,7 +267,7 @@ class PhotoAvatar(AvatarAdapter, PortraitAvatar):
                 raise ValueError(f"photo avatar: portrait {path!r}: {exc}") from exc
         return self._by_path[path]
 
-    async def _portrait_for(self, settings: RenderSettings, persona_id: str) -> str:
+    async def _portrait_for(self, settings: RenderSettings) -> str:
         if settings.portrait_id:
             if settings.portrait_id not in self._portraits:
                 raise ProviderError(
@@ -279,11 +276,12 @@ class PhotoAvatar(AvatarAdapter, PortraitAvatar):
                     provider=self.name,
                 )
             return settings.portrait_id
-        path = self._persona_paths.get(persona_id) or self._default_path
+        path = self._default_path
         if not path:
             raise ProviderError(
                 ErrorCategory.INVALID_REQUEST,
-                "no portrait: send SessionConfig.portrait, or configure the photo avatar's portrait option",
+                "no portrait: send SessionConfig.portrait, name a persona's portrait in personas.yaml, "
+                "or set the photo avatar's portrait option",
                 provider=self.name,
             )
         return await self._portrait_from_path(path)
@@ -343,7 +341,7 @@ class PhotoAvatar(AvatarAdapter, PortraitAvatar):
         index = 0
         async for item in audio:
             if turn is None:
-                digest = await self._portrait_for(settings, item.mapping.controls.persona_id)
+                digest = await self._portrait_for(settings)
                 # Rigging a new size takes ~0.1 s: in a worker, not on the event loop.
                 await asyncio.to_thread(self.rig, digest, settings.width, settings.height)
                 turn = _Turn(self, digest, settings, self._seed)
