@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
+import signal
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from PIL import Image
 from adapters.base import AvatarInput, ControlMapping
 from adapters.photo.avatar import PhotoAvatar
 from adapters.photo.portrait import DEFAULT_MAX_BYTES, Detector, PortraitError
+from adapters.photo.workers import ProcessRenderer
 from tests.test_face_avatar import RATE, chunks, speech_like
 from tth_server.controls import ControlPatch, Controls, EmotionLabel, resolve
 from tth_server.media import AudioChunk, RenderSettings, VideoEncoding, VideoFrame
@@ -214,3 +217,30 @@ async def test_no_portrait_anywhere_is_a_precise_provider_error() -> None:
     inputs = [AvatarInput(AudioChunk(b"\0\0" * 640, RATE, 0.0), ControlMapping(Controls()))]
     with pytest.raises(ProviderError, match="no portrait"):
         await render(adapter, "", inputs)
+
+
+async def test_frames_from_worker_processes_and_from_threads_are_the_same(astronaut: bytes, tmp_path: Path) -> None:
+    inputs = chunks(speech_like(0.8, seed=5))
+    videos = []
+    for processes in (0, 2):
+        options = {"cache_dir": str(tmp_path), "seed": 3, "render_processes": processes}
+        async with PhotoAvatar("photo", options) as adapter:
+            videos.append([f.data for f in await render(adapter, await adapter.prepare(astronaut), inputs)])
+    assert len(videos[0]) == 20 and videos[0] == videos[1]
+
+
+async def test_a_render_worker_that_dies_is_replaced_and_the_frames_go_on(astronaut: bytes, tmp_path: Path) -> None:
+    async with PhotoAvatar("photo", {"cache_dir": str(tmp_path), "render_processes": 1}) as adapter:
+        portrait = await adapter.prepare(astronaut)
+        assert isinstance(adapter.renderer, ProcessRenderer)
+        (dead,) = adapter.renderer.pids()
+        os.kill(dead, signal.SIGKILL)
+        frames = await render(adapter, portrait, chunks(speech_like(0.8, seed=6)))
+        assert adapter.renderer.pids() != [dead]
+    assert len(frames) == 20
+    assert all(Image.open(io.BytesIO(f.data)).size == (256, 256) for f in frames)
+
+
+def test_render_processes_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="render_processes must be 0 \\(threads\\) or more, got -1"):
+        PhotoAvatar("photo", {"render_processes": -1})

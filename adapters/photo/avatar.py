@@ -15,13 +15,15 @@ rather than snap, except that lips close at once for p/b/m. Blinks, head sway an
 expressions come from the same modules as the drawn face (`adapters.face`).
 
 A frame is a JPEG cached under its quantized pose, shared by every session with
-the same portrait and size; a miss warps and encodes in a worker thread (~3 ms at 256 px).
+the same portrait and size; a miss warps and encodes in a worker process
+(~2-3 ms at 256 px; `adapters.photo.workers` says why not a thread).
 
 Options:
 
     portrait: ""          a JPEG/PNG path used when neither session nor persona names one
     landmarks: dlib68     or dlib5 (public-domain model, mouth placed by proportion); see docs/photo_face.md
     cache_dir: ~/.cache/tth/portraits   landmarks by portrait hash ("" keeps them in memory only)
+    render_processes: 1   worker processes for frames not in the cache (0: threads of the server's process)
     max_portrait_bytes: 4194304
     seed: 0, jpeg_quality: 85, cache_mb: 128
     first_byte_ms, fail_after, fail_category, hang: fault injection (`adapters.local.knobs`)
@@ -38,7 +40,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from adapters.base import (
@@ -60,6 +61,7 @@ from adapters.framing import FrameClock, FrameWindow
 from adapters.local.knobs import Knobs
 from adapters.photo.portrait import DEFAULT_MAX_BYTES, Detector, Limits, Portrait, PortraitError, digest_of
 from adapters.photo.rig import FacePose, Rig
+from adapters.photo.workers import Rigs, renderer
 from tth_server.controls import Controls, EmotionLabel
 from tth_server.media import MarkKind, RenderSettings, VideoEncoding, VideoFrame
 
@@ -213,13 +215,17 @@ class PhotoAvatar(AvatarAdapter, PortraitAvatar):
         limits = Limits(max_bytes=int(options.get("max_portrait_bytes", DEFAULT_MAX_BYTES)))
         self.detector = Detector(str(options.get("landmarks", "dlib68")), Path(cache) if cache else None, limits)
         self.frames = FrameCache(int(float(options.get("cache_mb", 128)) * (1 << 20)))
+        processes = int(options.get("render_processes", 1))
+        if processes < 0:
+            raise ValueError(f"photo avatar option render_processes must be 0 (threads) or more, got {processes}")
+        self._rigs = Rigs()
+        self.renderer = renderer(processes, self._quality, self._rigs)
         self._knobs = Knobs.from_options(options)
         self._default_path = str(options.get("portrait") or "")
         self._portraits: dict[str, Portrait] = {}
         self._by_path: dict[str, str] = {}
-        self._rigs: OrderedDict[tuple[str, int, int], Rig] = OrderedDict()
         self._pending: dict[str, asyncio.Future[Portrait]] = {}
-        self._rig_lock = threading.Lock()
+        self._rendering: dict[_Key, asyncio.Future[bytes]] = {}
 
     @property
     def limits(self) -> Limits:
@@ -227,7 +233,7 @@ class PhotoAvatar(AvatarAdapter, PortraitAvatar):
 
     async def start(self) -> None:
         """Load the detector's models and prepare the configured portraits, so a first turn doesn't wait."""
-        await asyncio.to_thread(self.detector.warm)
+        await asyncio.gather(asyncio.to_thread(self.detector.warm), self.renderer.start())
         if self._default_path:
             await self._portrait_from_path(self._default_path)
 
@@ -250,9 +256,9 @@ class PhotoAvatar(AvatarAdapter, PortraitAvatar):
             pending.add_done_callback(lambda _: self._pending.pop(digest, None))
         portrait = await asyncio.shield(pending)
         self._portraits[digest] = portrait
-        # Rigged at the default size now, so the first turn's first frame is only a warp.
+        # Rigged at the default size now (and its resting frame cached), so a first turn starts at once.
         size = RenderSettings()
-        await asyncio.to_thread(self.rig, digest, size.width, size.height)
+        await self.render_key(_Key(digest, size.width, size.height, quantize(FacePose())))
         return digest
 
     async def _portrait_from_path(self, path: str) -> str:
@@ -287,28 +293,26 @@ class PhotoAvatar(AvatarAdapter, PortraitAvatar):
         return await self._portrait_from_path(path)
 
     def rig(self, digest: str, width: int, height: int) -> Rig:
-        """The portrait rigged at a size (built once, ~0.1 s at 256 px; kept for the 16 most recent)."""
-        key = (digest, width, height)
-        with self._rig_lock:
-            rig = self._rigs.get(key)
-            if rig is None:
-                rig = Rig(self._portraits[digest], width, height)
-                self._rigs[key] = rig
-                while len(self._rigs) > 16:
-                    self._rigs.popitem(last=False)
-            self._rigs.move_to_end(key)
-            return rig
+        """The portrait rigged at a size in this process (for inspection; frames are rendered by the workers)."""
+        return self._rigs.get(self._portraits[digest], width, height)
 
-    def render_key(self, key: _Key) -> bytes:
-        """Warp and encode one frame (worker thread)."""
+    async def aclose(self) -> None:
+        self.renderer.close()
+
+    async def render_key(self, key: _Key) -> bytes:
+        """One frame: from the cache, else warped and encoded by the renderer (once however many ask) and cached."""
         data = self.frames.get(key)
         if data is not None:
             return data
-        image = self.rig(key.portrait, key.width, key.height).frame(key.pose)
-        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self._quality])
-        if not ok:
-            raise RuntimeError("JPEG encoding failed")
-        data = encoded.tobytes()
+        pending = self._rendering.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._render(key))
+            self._rendering[key] = pending
+            pending.add_done_callback(lambda _: self._rendering.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _render(self, key: _Key) -> bytes:
+        data = await self.renderer.render(self._portraits[key.portrait], key.width, key.height, key.pose)
         self.frames.put(key, data)
         return data
 
@@ -341,10 +345,7 @@ class PhotoAvatar(AvatarAdapter, PortraitAvatar):
         index = 0
         async for item in audio:
             if turn is None:
-                digest = await self._portrait_for(settings)
-                # Rigging a new size takes ~0.1 s: in a worker, not on the event loop.
-                await asyncio.to_thread(self.rig, digest, settings.width, settings.height)
-                turn = _Turn(self, digest, settings, self._seed)
+                turn = _Turn(self, await self._portrait_for(settings), settings, self._seed)
             turn.add(item)
             for window in clock.push(item.chunk):
                 await self._knobs.before(index, self.name)
@@ -428,8 +429,5 @@ class _Turn:
         pose = compose(expression, mouth, _LIDS[self._blinker.state(t, blinks)])
         pose = replace(pose, sway_px=head.sway * step, nod_px=head.nod * step, roll_deg=-head.sway * 0.5)
         s = self._settings
-        key = _Key(self._digest, s.width, s.height, quantize(pose))
-        data = self._avatar.frames.get(key)
-        if data is None:
-            data = await asyncio.to_thread(self._avatar.render_key, key)
+        data = await self._avatar.render_key(_Key(self._digest, s.width, s.height, quantize(pose)))
         return VideoFrame(data, VideoEncoding.JPEG, s.width, s.height, window.index, t, t)
