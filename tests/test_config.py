@@ -35,13 +35,53 @@ def test_an_adapter_of_the_wrong_stage_is_refused() -> None:
         Runtime(config)
 
 
-def test_unknown_settings_and_bad_values_name_the_key() -> None:
-    with pytest.raises(ConfigError, match=r"session.max_lead is not a setting; allowed: \["):
-        load_config("mock", env={}, overrides={"session": {"max_lead": 3}})
-    with pytest.raises(ConfigError, match=r"render\.latency_mode must be one of"):
-        load_config("mock", env={}, overrides={"render": {"latency_mode": "fast"}})
-    with pytest.raises(ConfigError, match=r"session\.max_text_chars must be a int"):
-        load_config("mock", env={}, overrides={"session": {"max_text_chars": "many"}})
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"session": {"max_lead": 3}}, "session.max_lead is not a setting; allowed: ['attach_timeout_s', "),
+        ({"nonsense": 1}, "nonsense is not a setting; allowed: ['auth', 'components', "),
+        (
+            {"render": {"latency_mode": "fast"}},
+            "render.latency_mode must be one of 'low', 'balanced' or 'quality', got 'fast'",
+        ),
+        ({"session": {"max_text_chars": "many"}}, "session.max_text_chars must be an integer, got 'many'"),
+        ({"session": {"max_text_chars": 2.5}}, "session.max_text_chars must be an integer, got 2.5"),
+        ({"auth": {"open_health": "maybe"}}, "auth.open_health must be true or false, got 'maybe'"),
+        ({"limits": {"max_sessions": -1}}, "limits.max_sessions must be >= 0 (0 means unlimited), got -1"),
+        ({"server": {"workers": 0}}, "server.workers must be >= 1 (1: serve in this process), got 0"),
+        ({"metrics": {"port": 70000}}, "metrics.port must be <= 65535, got 70000"),
+        ({"store": {"kind": "etcd"}}, "store.kind must be one of 'memory' or 'redis', got 'etcd'"),
+        ({"store": {"kind": "redis", "url": "http://x"}}, "store.url must be a redis://, rediss:// or unix:// URL"),
+        ({"tls": {"cert_file": "c.pem"}}, "tls.cert_file and tls.key_file must be set together"),
+        ({"router": {"budgets": {"nope": {}}}}, "router.budgets.nope is not a stage; allowed: ['llm', 'tts', "),
+        ({"router": {"budgets": {"tts": {"total_ms": -5}}}}, "router.budgets.tts.total_ms must be >= 0 (0 means no"),
+        ({"router": {"breaker": {"failure_threshold": 0}}}, "router.breaker.failure_threshold must be >= 1, got 0"),
+        ({"components": {"bogus": {"adapter": "x"}}}, "components.bogus is not a stage; allowed: ['llm', 'tts', "),
+        ({"components": {"avatar": None}}, "components must name llm and tts (or realtime), and avatar"),
+        ({"components": {"tts": {"adapter": ""}}}, "components.tts.adapter must not be empty"),
+        ({"components": {"tts": {"voice": "x"}}}, "components.tts.voice is not a setting; allowed: ['adapter', "),
+        (
+            {"components": {"tts": {"fallback": [{"adapter": "espeak_tts", "voice": "x"}]}}},
+            "components.tts.fallback[0].voice is not a setting; allowed: ['adapter', 'options']",
+        ),
+        ({"session": "hello"}, "session must be a mapping, got 'hello'"),
+    ],
+)
+def test_every_bad_setting_names_its_key_and_what_is_allowed(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config("mock", env={}, overrides=overrides)
+    assert str(refused.value).startswith(message)
+
+
+def test_a_bad_environment_value_names_the_key_it_sets() -> None:
+    with pytest.raises(ConfigError, match=r"^session\.max_lead_ms must be a number, got 'soon'$"):
+        load_config("mock", env={"TTH_SESSION__MAX_LEAD_MS": "soon"})
+
+
+def test_a_budget_given_in_part_keeps_the_rest_of_its_stages_defaults() -> None:
+    config = load_config("mock", env={}, overrides={"router": {"budgets": {"tts": {"total_ms": 5}}}})
+    assert (config.router.budgets["tts"].first_byte_ms, config.router.budgets["tts"].total_ms) == (10000.0, 5.0)
+    assert config.router.budgets["llm"].total_ms == 120000.0
 
 
 def test_api_keys_in_yaml_are_refused(tmp_path: Path) -> None:
@@ -60,6 +100,8 @@ def test_environment_overrides_any_key_by_path() -> None:
     config = load_config("mock", env=env)
     assert config.session.max_lead_ms == 250.0
     assert config.components["tts"].options["sample_rate_hz"] == 16000
+    switched = load_config("mock", env={"TTH_AUTH__OPEN_HEALTH": "false", "TTH_SESSION__DEFAULT_PERSONA": "42"})
+    assert switched.auth.open_health is False and switched.session.default_persona == "42"
 
 
 def test_switching_an_adapter_is_a_config_change_only() -> None:

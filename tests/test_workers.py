@@ -280,5 +280,5 @@ def test_workers_must_be_at_least_one() -> None:
 def test_workers_is_a_config_key_the_environment_sets() -> None:
     assert load_config("mock", env={}).server.workers == 1
     assert load_config("mock", env={"TTH_SERVER__WORKERS": "4"}).server.workers == 4
-    with pytest.raises(ConfigError, match=r"server\.workers must be a int, got 'many'"):
+    with pytest.raises(ConfigError, match=r"server\.workers must be an integer, got 'many'"):
         load_config("mock", env={"TTH_SERVER__WORKERS": "many"})

@@ -1,10 +1,14 @@
 """Configuration: `config/base.yaml`, then `config/profiles/<profile>.yaml`, then `TTH_` environment.
 
 Environment variables override any key by its path, with `__` between levels:
-`TTH_SESSION__MAX_LEAD_MS=300`, `TTH_SERVER__LISTEN=0.0.0.0:50051`. `TTH_PROFILE`
-picks the profile and `TTH_CONFIG_DIR` the config folder. Provider API keys come
-from the environment only (each adapter names its variable); a key written into
-YAML is refused at start. Every error names the key and what is allowed.
+`TTH_SESSION__MAX_LEAD_MS=300`, `TTH_SERVER__LISTEN=0.0.0.0:50051`; a value is read
+as YAML (`true`, `[a, b]`). `TTH_PROFILE` picks the profile and `TTH_CONFIG_DIR` the
+config folder. Provider API keys come from the environment only (each adapter names
+its variable); a key written into YAML is refused at start.
+
+The settings are pydantic dataclasses: types, ranges and choices are declared on the
+fields, read from pydantic-settings sources (the two YAML files and the environment,
+later ones over earlier ones), and every error names the key and what is allowed.
 """
 
 from __future__ import annotations
@@ -12,73 +16,91 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, YamlConfigSettingsSource
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 STAGES = ("llm", "tts", "avatar", "realtime")
 LATENCY_MODES = ("low", "balanced", "quality")
+STORE_KINDS = ("memory", "redis")
 _SECRET_HINTS = ("api_key", "apikey", "secret", "password", "token")
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")  # an environment variable's name, as the *_env options hold
+
+# Every section refuses keys it does not know; numbers given where text is expected are taken as text.
+_STRICT = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+Unlimited = Annotated[int, Field(ge=0, description="0 means unlimited")]
+UnlimitedSeconds = Annotated[float, Field(ge=0, description="0 means unlimited")]
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key and the allowed values."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, config=_STRICT)
 class ServerSettings:
     listen: str = "127.0.0.1:50051"
-    grace_period_s: float = 10.0
-    max_message_bytes: int = 4 * 1024 * 1024
-    workers: int = 1  # server processes on `listen` (SO_REUSEPORT); 1 serves in the tth-server process itself
+    grace_period_s: Annotated[float, Field(ge=0)] = 10.0
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    # server processes on `listen` (SO_REUSEPORT); 1 serves in the tth-server process itself
+    workers: Annotated[int, Field(ge=1, description="1: serve in this process")] = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, config=_STRICT)
 class SessionSettings:
     default_persona: str = "neutral"
-    max_text_chars: int = 4000
-    history_turns: int = 20
-    attach_timeout_s: int = 600
-    outbox_capacity: int = 256
-    max_unread_events: int = 256  # errors, notices and turn ends queued unread before the call ends
-    config_timeout_s: float = 30.0
-    max_lead_ms: float = 500.0
-    resume_window_s: float = 30.0  # how long a session whose stream dropped waits for a resume
-    replay_events: int = 2048  # sent events kept per session for a resume to replay
-    replay_bytes: int = 4 * 1024 * 1024  # ... and at most this many bytes of them
-    max_portrait_bytes: int = 4 * 1024 * 1024  # SessionConfig.portrait / GenerateRequest.portrait
+    max_text_chars: Annotated[int, Field(ge=1)] = 4000
+    history_turns: Annotated[int, Field(ge=0)] = 20
+    attach_timeout_s: Annotated[int, Field(ge=1)] = 600
+    outbox_capacity: Annotated[int, Field(ge=1)] = 256
+    # errors, notices and turn ends queued unread before the call ends
+    max_unread_events: Annotated[int, Field(ge=1)] = 256
+    config_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    max_lead_ms: Annotated[float, Field(gt=0)] = 500.0
+    # how long a session whose stream dropped waits for a resume
+    resume_window_s: Annotated[float, Field(ge=0, description="0: a dropped stream ends its session")] = 30.0
+    replay_events: Annotated[int, Field(ge=1)] = 2048  # sent events kept per session for a resume to replay
+    replay_bytes: Annotated[int, Field(ge=1)] = 4 * 1024 * 1024  # ... and at most this many bytes of them
+    max_portrait_bytes: Annotated[int, Field(ge=1)] = (
+        4 * 1024 * 1024
+    )  # SessionConfig.portrait / GenerateRequest.portrait
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, config=_STRICT)
 class RenderDefaults:
-    fps: int = 25
-    width: int = 256
-    height: int = 256
-    latency_mode: str = "balanced"
+    fps: Annotated[int, Field(ge=1, le=60)] = 25
+    width: Annotated[int, Field(ge=64, le=1024)] = 256
+    height: Annotated[int, Field(ge=64, le=1024)] = 256
+    latency_mode: Literal["low", "balanced", "quality"] = "balanced"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, config=_STRICT)
 class SegmenterSettings:
-    first_clause_min_chars: int = 12
-    max_chars: int = 240
+    """How the LLM's text is cut for the TTS (`tth_server.pipeline.SegmentPolicy` takes its defaults from here)."""
+
+    first_clause_min_chars: Annotated[int, Field(ge=1)] = 12
+    max_chars: Annotated[int, Field(ge=16)] = 240
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, config=_STRICT)
 class LogSettings:
     level: str = "info"
-    format: str = "auto"  # auto: JSON when stderr is not a terminal
+    format: Literal["auto", "json", "console"] = "auto"  # auto: JSON when stderr is not a terminal
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, config=_STRICT)
 class StageBudget:
     """A stage's time budget for one provider call; 0 means no limit."""
 
-    first_byte_ms: float = 10000.0  # from the call (for the avatar: from its first audio) to the first output
-    total_ms: float = 0.0  # time spent waiting on the provider over the whole call
+    # from the call (for the avatar: from its first audio) to the first output
+    first_byte_ms: Annotated[float, Field(ge=0, description="0 means no limit")] = 10000.0
+    total_ms: Annotated[float, Field(ge=0, description="0 means no limit")] = 0.0  # time spent waiting on the provider
 
 
 _BUDGETS = {
@@ -89,25 +111,43 @@ _BUDGETS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, config=_STRICT)
 class BreakerSettings:
-    failure_threshold: int = 3  # consecutive failures that open a provider's circuit
-    cooldown_s: float = 30.0  # how long it stays open before one trial call (half-open)
+    failure_threshold: Annotated[int, Field(ge=1)] = 3  # consecutive failures that open a provider's circuit
+    cooldown_s: Annotated[float, Field(gt=0)] = 30.0  # how long it stays open before one trial call (half-open)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, config=_STRICT)
 class RouterSettings:
     """Budgets, retries and circuit breakers around every stage (see tth_server.router)."""
 
-    retries: int = 1  # extra tries on the same provider, only before it produced any output
-    retry_backoff_ms: float = 200.0  # wait before a retry, doubled each time
-    max_retry_after_ms: float = 2000.0  # a longer Retry-After skips to the next provider instead
+    retries: Annotated[int, Field(ge=0)] = 1  # extra tries on the same provider, only before it produced any output
+    retry_backoff_ms: Annotated[float, Field(ge=0)] = 200.0  # wait before a retry, doubled each time
+    max_retry_after_ms: Annotated[float, Field(ge=0)] = (
+        2000.0  # a longer Retry-After skips to the next provider instead
+    )
     route_local: bool = False  # also route in-process adapters that have no fallback
-    breaker: BreakerSettings = BreakerSettings()
-    budgets: Mapping[str, StageBudget] = field(default_factory=lambda: dict(_BUDGETS))
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    budgets: dict[str, StageBudget] = field(default_factory=lambda: dict(_BUDGETS))
+
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _over_the_defaults(cls, value: Any) -> Any:
+        """A stage's budget given in part keeps that stage's defaults for the rest."""
+        if not isinstance(value, Mapping):
+            return value
+        out: dict[Any, Any] = dict(_BUDGETS)
+        for stage, spec in value.items():
+            if stage not in STAGES:
+                raise ValueError(f"router.budgets.{stage} is not a stage; allowed: {list(STAGES)}")
+            base = _BUDGETS.get(stage)
+            if base is not None and isinstance(spec, Mapping):
+                spec = {"first_byte_ms": base.first_byte_ms, "total_ms": base.total_ms, **spec}
+            out[stage] = base if spec is None else spec
+        return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, config=_STRICT)
 class AuthSettings:
     """API keys come from TTH_API_KEYS (comma-separated) and `keys_file` (one per line); none means open."""
 
@@ -116,7 +156,7 @@ class AuthSettings:
     open_reflection: bool = True  # reflection needs no key (grpcurl, buf curl)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, config=_STRICT)
 class TLSSettings:
     """TLS from certificate paths; `client_ca_file` turns on mutual TLS (clients must present a cert)."""
 
@@ -124,109 +164,179 @@ class TLSSettings:
     key_file: str = ""
     client_ca_file: str = ""
 
+    @model_validator(mode="after")
+    def _consistent(self) -> TLSSettings:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("tls.cert_file and tls.key_file must be set together")
+        if self.client_ca_file and not self.cert_file:
+            raise ValueError("tls.client_ca_file (mutual TLS) needs tls.cert_file and tls.key_file")
+        for name in ("cert_file", "key_file", "client_ca_file"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ValueError(f"tls.{name}: {path} is not a readable file")
+        return self
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, config=_STRICT)
 class LimitSettings:
     """Per-server and per-key limits; 0 means unlimited."""
 
-    max_sessions: int = 1000
-    max_sessions_per_key: int = 100
-    turns_per_minute_per_key: int = 120
-    session_idle_s: float = 300.0  # a session with no request for this long ends
-    session_max_s: float = 3600.0  # a session ends after this long, whatever it does
-    end_notice_s: float = 60.0  # how long before either end a notice is sent
+    max_sessions: Unlimited = 1000
+    max_sessions_per_key: Unlimited = 100
+    turns_per_minute_per_key: Unlimited = 120
+    session_idle_s: UnlimitedSeconds = 300.0  # a session with no request for this long ends
+    session_max_s: UnlimitedSeconds = 3600.0  # a session ends after this long, whatever it does
+    end_notice_s: UnlimitedSeconds = 60.0  # how long before either end a notice is sent
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, config=_STRICT)
 class MetricsSettings:
     """Prometheus metrics over HTTP at `/metrics` (see tth_server.metrics); port 0 serves none."""
 
-    port: int = 0  # 9464 is the usual choice; with several workers, worker i uses port + i
+    port: Annotated[int, Field(ge=0, le=65535)] = (
+        0  # 9464 is the usual choice; with several workers, worker i uses port + i
+    )
     host: str = "127.0.0.1"  # 0.0.0.0 to let a scraper on another host in
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, config=_STRICT)
 class StoreSettings:
     """Where session state lives between streams: this process (memory) or Redis, shared by replicas."""
 
-    kind: str = "memory"  # memory | redis
+    kind: Literal["memory", "redis"] = "memory"
     url: str = "redis://127.0.0.1:6379/0"  # a URL with a password belongs in TTH_STORE__URL, not YAML
-    ttl_s: float = 900.0  # a stored session nobody saves for this long is dropped (its replica died)
-    timeout_s: float = 2.0  # longest wait for one store operation
+    ttl_s: Annotated[float, Field(gt=0)] = (
+        900.0  # a stored session nobody saves for this long is dropped (its replica died)
+    )
+    timeout_s: Annotated[float, Field(gt=0)] = 2.0  # longest wait for one store operation
     key_prefix: str = "tth:session:"
 
+    @model_validator(mode="after")
+    def _redis_url(self) -> StoreSettings:
+        if self.kind == "redis" and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"store.url must be a redis://, rediss:// or unix:// URL, got {self.url!r}")
+        return self
 
-STORE_KINDS = ("memory", "redis")
+
+@dataclass(frozen=True, config=_STRICT)
+class FallbackConfig:
+    """An adapter the router turns to when the one before it fails (`components.<stage>.fallback`)."""
+
+    adapter: Annotated[str, Field(min_length=1)]
+    options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, config=_STRICT)
 class ComponentConfig:
-    adapter: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-    fallback: tuple[Mapping[str, Any], ...] = ()
+    """One stage: its adapter by entry-point name, the adapter's options, and its fallbacks in order."""
+
+    adapter: Annotated[str, Field(min_length=1)]
+    options: dict[str, Any] = field(default_factory=dict)
+    fallback: tuple[FallbackConfig, ...] = ()
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("fallback", mode="before")
+    @classmethod
+    def _names_are_adapters(cls, value: Any) -> Any:
+        """`fallback: [espeak_tts]` is short for `fallback: [{adapter: espeak_tts}]`."""
+        if value is None:
+            return ()
+        if isinstance(value, list | tuple):
+            return tuple({"adapter": v} if isinstance(v, str) else v for v in value)
+        return value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, config=_STRICT)
 class Config:
     profile: str
     config_dir: Path
-    server: ServerSettings
-    session: SessionSettings
-    render: RenderDefaults
-    segmenter: SegmenterSettings
-    log: LogSettings
-    components: Mapping[str, ComponentConfig]
     personas_file: Path
-    router: RouterSettings = RouterSettings()
-    auth: AuthSettings = AuthSettings()
-    tls: TLSSettings = TLSSettings()
-    limits: LimitSettings = LimitSettings()
-    store: StoreSettings = StoreSettings()
-    metrics: MetricsSettings = MetricsSettings()
+    components: dict[str, ComponentConfig]
+    server: ServerSettings = field(default_factory=ServerSettings)
+    session: SessionSettings = field(default_factory=SessionSettings)
+    render: RenderDefaults = field(default_factory=RenderDefaults)
+    segmenter: SegmenterSettings = field(default_factory=SegmenterSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    router: RouterSettings = field(default_factory=RouterSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     api_keys: tuple[str, ...] = ()  # from TTH_API_KEYS only, never from YAML
 
+    @field_validator("components", mode="before")
+    @classmethod
+    def _stages_left_out(cls, value: Any) -> Any:
+        """A profile removes a stage of base.yaml by setting it to null."""
+        if not isinstance(value, Mapping):
+            return value
+        for stage in value:
+            if stage not in STAGES:
+                raise ValueError(f"components.{stage} is not a stage; allowed: {list(STAGES)}")
+        return {k: v for k, v in value.items() if v is not None}
 
-T = TypeVar("T")
+    @model_validator(mode="after")
+    def _a_whole_pipeline(self) -> Config:
+        cascade = {"llm", "tts"} <= set(self.components) or "realtime" in self.components
+        if not cascade or "avatar" not in self.components:
+            raise ValueError("components must name llm and tts (or realtime), and avatar")
+        return self
 
 
-def _section(cls: type[T], data: Any, where: str) -> T:
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where} must be a mapping")
-    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = set(data) - set(known)
-    if unknown:
-        raise ConfigError(f"{where}.{sorted(unknown)[0]} is not a setting; allowed: {sorted(known)}")
-    values = {}
-    for name, value in data.items():
-        default = getattr(cls(), name) if name != "adapter" else ""
-        kind = type(default)
+_VALIDATE = TypeAdapter(Config)
+
+
+# ---- sources ------------------------------------------------------------------------------------------------------
+
+
+class _Files(BaseSettings):
+    """The settings class the pydantic-settings sources read for: any key, checked by `Config` afterwards."""
+
+    model_config = {"extra": "allow"}
+
+
+class _YamlFile(YamlConfigSettingsSource):
+    """A YAML file of the configuration; a secret written in it is refused."""
+
+    def __init__(self, path: Path, label: str) -> None:
         try:
-            values[name] = kind(value) if kind in (int, float, str) else value
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}.{name} must be a {kind.__name__}, got {value!r}") from None
-    return cls(**values)
+            super().__init__(_Files, yaml_file=path)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(self.yaml_data, dict):
+            raise ConfigError(f"{path}: must hold a mapping")
+        _refuse_secrets(self.yaml_data, label)
 
 
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, Mapping) else value
-    return out
+class _Environment(PydanticBaseSettingsSource):
+    """`TTH_A__B=value` as `{a: {b: value}}`, the value read as YAML."""
 
+    def __init__(self, env: Mapping[str, str]) -> None:
+        super().__init__(_Files)
+        self._env = env
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for name, raw in env.items():
-        if not name.startswith("TTH_") or "__" not in name:
-            continue
-        path = [p.lower() for p in name[4:].split("__")]
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = yaml.safe_load(raw) if raw else raw
-    return tree
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # the whole tree comes from __call__
+
+    def __call__(self) -> dict[str, Any]:
+        tree: dict[str, Any] = {}
+        for name, raw in self._env.items():
+            if not name.startswith("TTH_") or "__" not in name:
+                continue
+            path = [p.lower() for p in name[4:].split("__")]
+            node = tree
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            try:
+                node[path[-1]] = yaml.safe_load(raw) if raw else raw
+            except yaml.YAMLError:
+                node[path[-1]] = raw
+        return tree
 
 
 def _looks_secret(key: str) -> bool:
@@ -256,14 +366,85 @@ def _refuse_secrets(data: Any, where: str) -> None:
             _refuse_secrets(value, f"{where}[{i}]")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: must hold a mapping")
-    return data
+# ---- errors -------------------------------------------------------------------------------------------------------
+
+_KINDS = {
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+}
+_NOT_READ = ("config_dir", "api_keys")  # Config's fields that come from where it is read, not from a file
+_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _field_at(loc: tuple[int | str, ...]) -> tuple[Any, Any]:
+    """(the type that holds the setting at `loc`, the setting's pydantic FieldInfo or None)."""
+    holder: Any = Config
+    info = None
+    for part in loc:
+        if is_dataclass(holder) and isinstance(part, str):
+            info = getattr(holder, "__pydantic_fields__", {}).get(part)
+            holder = info.annotation if info is not None else None
+        elif get_origin(holder) in (dict, tuple):
+            info, holder = None, get_args(holder)[-1 if get_origin(holder) is dict else 0]
+        else:
+            return None, None
+    return holder, info
+
+
+def _message(error: Any) -> str:
+    loc = tuple(error["loc"])
+    key, kind, given = _key(loc), error["type"], error.get("input")
+    ctx = error.get("ctx") or {}
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        holder, _ = _field_at(loc[:-1])
+        allowed = sorted(f.name for f in fields(holder) if f.name not in _NOT_READ) if is_dataclass(holder) else []
+        return f"{key} is not a setting; allowed: {allowed}"
+    if kind == "literal_error":
+        return f"{key} must be one of {ctx.get('expected', '')}, got {given!r}"
+    if kind in _KINDS:
+        return f"{key} must be {_KINDS[kind]}, got {given!r}"
+    if kind in _BOUNDS:
+        bound = next(v for k, v in ctx.items() if k in ("ge", "gt", "le", "lt"))
+        _, info = _field_at(loc)
+        hint = f" ({info.description})" if info is not None and info.description else ""
+        return f"{key} must be {_BOUNDS[kind]} {bound:g}{hint}, got {given!r}"
+    if kind == "missing":
+        return f"{key} is required"
+    if kind in ("dict_type", "dataclass_type", "dataclass_exact_type", "model_type"):
+        return f"{key} must be a mapping, got {given!r}"
+    if kind == "string_too_short":
+        return f"{key} must not be empty"
+    if kind == "value_error":
+        text = str(ctx.get("error", error["msg"]))
+        return text if not key else f"{key}: {text}" if not text.startswith(key.split(".")[0]) else text
+    return f"{key}: {error['msg']}" if key else str(error["msg"])
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    return ConfigError(_message(exc.errors(include_url=False)[0]))
+
+
+# ---- loading ------------------------------------------------------------------------------------------------------
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, Mapping) else value
+    return out
 
 
 def list_profiles(config_dir: Path = DEFAULT_CONFIG_DIR) -> list[str]:
@@ -280,144 +461,24 @@ def load_config(
     """Load and validate the configuration for `profile` (default: TTH_PROFILE or base.yaml's)."""
     env = os.environ if env is None else env
     config_dir = Path(config_dir or env.get("TTH_CONFIG_DIR") or DEFAULT_CONFIG_DIR)
-    data = _read_yaml(config_dir / "base.yaml")
-    _refuse_secrets(data, "base.yaml")
-    profile = profile or env.get("TTH_PROFILE") or str(data.pop("profile", "local"))
-    data.pop("profile", None)
+    base = _YamlFile(config_dir / "base.yaml", "base.yaml")()
+    profile = profile or env.get("TTH_PROFILE") or str(base.get("profile", "local"))
     profile_path = config_dir / "profiles" / f"{profile}.yaml"
     if not profile_path.exists():
         raise ConfigError(f"profile {profile!r} does not exist; allowed: {list_profiles(config_dir)}")
-    profile_data = _read_yaml(profile_path)
-    _refuse_secrets(profile_data, f"profiles/{profile}.yaml")
-    data = _merge(data, profile_data)
-    data = _merge(data, _env_overrides(env))
-    if overrides:
-        data = _merge(data, overrides)
-    config = _build(profile, config_dir, data)
-    keys = tuple(k.strip() for k in env.get("TTH_API_KEYS", "").split(",") if k.strip())
-    return replace(config, api_keys=keys)
-
-
-def _build(profile: str, config_dir: Path, data: dict[str, Any]) -> Config:
-    allowed = {"server", "session", "render", "segmenter", "log", "components", "personas_file", "router"}
-    allowed |= {"auth", "tls", "limits", "store"}
-    allowed |= {"metrics"}
-    unknown = set(data) - allowed
-    if unknown:
-        raise ConfigError(f"{sorted(unknown)[0]} is not a setting; allowed: {sorted(allowed)}")
-    render = _section(RenderDefaults, data.get("render"), "render")
-    if render.latency_mode not in LATENCY_MODES:
-        raise ConfigError(f"render.latency_mode must be one of {list(LATENCY_MODES)}, got {render.latency_mode!r}")
-    log = _section(LogSettings, data.get("log"), "log")
-    if log.format not in ("auto", "json", "console"):
-        raise ConfigError(f"log.format must be one of ['auto', 'console', 'json'], got {log.format!r}")
-    components = {}
-    for stage, spec in (data.get("components") or {}).items():
-        if stage not in STAGES:
-            raise ConfigError(f"components.{stage} is not a stage; allowed: {list(STAGES)}")
-        if spec is None:
-            continue
-        if not isinstance(spec, Mapping) or not spec.get("adapter"):
-            raise ConfigError(f"components.{stage}.adapter is required (an adapter name)")
-        extra = set(spec) - {"adapter", "options", "fallback"}
-        if extra:
-            raise ConfigError(
-                f"components.{stage}.{sorted(extra)[0]} is not a setting; allowed: adapter, options, fallback"
-            )
-        fallback = tuple(f if isinstance(f, Mapping) else {"adapter": f} for f in spec.get("fallback") or ())
-        components[stage] = ComponentConfig(str(spec["adapter"]), dict(spec.get("options") or {}), fallback)
-    cascade = {"llm", "tts"} <= set(components) or "realtime" in components
-    if not cascade or "avatar" not in components:
-        raise ConfigError("components must name llm and tts (or realtime), and avatar")
-    return Config(
-        profile=profile,
-        config_dir=config_dir,
-        server=_server(_section(ServerSettings, data.get("server"), "server")),
-        render=render,
-        segmenter=_section(SegmenterSettings, data.get("segmenter"), "segmenter"),
-        log=log,
-        components=components,
-        personas_file=config_dir / str(data.get("personas_file", "personas.yaml")),
-        router=_router(data.get("router")),
-        auth=_section(AuthSettings, data.get("auth"), "auth"),
-        tls=_tls(_section(TLSSettings, data.get("tls"), "tls")),
-        limits=_limits(_section(LimitSettings, data.get("limits"), "limits")),
-        session=_session(_section(SessionSettings, data.get("session"), "session")),
-        store=_store(_section(StoreSettings, data.get("store"), "store")),
-        metrics=_section(MetricsSettings, data.get("metrics"), "metrics"),
-    )
-
-
-def _router(data: Any) -> RouterSettings:
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError("router must be a mapping")
-    flat = {k: v for k, v in data.items() if k not in ("breaker", "budgets")}
-    settings = _section(RouterSettings, flat, "router")
-    breaker = _section(BreakerSettings, data.get("breaker"), "router.breaker")
-    budgets = dict(_BUDGETS)
-    raw = data.get("budgets") or {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError("router.budgets must be a mapping of stage to {first_byte_ms, total_ms}")
-    for stage, spec in raw.items():
-        if stage not in STAGES:
-            raise ConfigError(f"router.budgets.{stage} is not a stage; allowed: {list(STAGES)}")
-        if not isinstance(spec, Mapping | None):
-            raise ConfigError(f"router.budgets.{stage} must be a mapping with first_byte_ms and total_ms")
-        budgets[stage] = _section(StageBudget, {**asdict(budgets[stage]), **(spec or {})}, f"router.budgets.{stage}")
-        if budgets[stage].first_byte_ms < 0 or budgets[stage].total_ms < 0:
-            raise ConfigError(f"router.budgets.{stage}: budgets must be >= 0 ms (0 means no limit)")
-    if settings.retries < 0 or settings.retry_backoff_ms < 0 or settings.max_retry_after_ms < 0:
-        raise ConfigError("router.retries, router.retry_backoff_ms and router.max_retry_after_ms must be >= 0")
-    if breaker.failure_threshold < 1 or breaker.cooldown_s <= 0:
-        raise ConfigError("router.breaker.failure_threshold must be >= 1 and router.breaker.cooldown_s > 0")
-    return replace(settings, breaker=breaker, budgets=budgets)
-
-
-def _tls(tls: TLSSettings) -> TLSSettings:
-    if bool(tls.cert_file) != bool(tls.key_file):
-        raise ConfigError("tls.cert_file and tls.key_file must be set together")
-    if tls.client_ca_file and not tls.cert_file:
-        raise ConfigError("tls.client_ca_file (mutual TLS) needs tls.cert_file and tls.key_file")
-    for name in ("cert_file", "key_file", "client_ca_file"):
-        path = getattr(tls, name)
-        if path and not Path(path).is_file():
-            raise ConfigError(f"tls.{name}: {path} is not a readable file")
-    return tls
-
-
-def _server(server: ServerSettings) -> ServerSettings:
-    if server.workers < 1:
-        raise ConfigError(f"server.workers must be >= 1 (1: serve in this process), got {server.workers}")
-    return server
-
-
-def _limits(limits: LimitSettings) -> LimitSettings:
-    for f in fields(LimitSettings):
-        if getattr(limits, f.name) < 0:
-            raise ConfigError(f"limits.{f.name} must be >= 0 (0 means unlimited), got {getattr(limits, f.name)}")
-    return limits
-
-
-def _session(session: SessionSettings) -> SessionSettings:
-    if session.resume_window_s < 0:
-        raise ConfigError(
-            f"session.resume_window_s must be >= 0 (0: a dropped stream ends its session), got "
-            f"{session.resume_window_s}"
-        )
-    if session.replay_events < 1 or session.replay_bytes < 1:
-        raise ConfigError("session.replay_events and session.replay_bytes must be >= 1")
-    if session.max_unread_events < 1:
-        raise ConfigError(f"session.max_unread_events must be >= 1, got {session.max_unread_events}")
-    return session
-
-
-def _store(store: StoreSettings) -> StoreSettings:
-    if store.kind not in STORE_KINDS:
-        raise ConfigError(f"store.kind must be one of {list(STORE_KINDS)}, got {store.kind!r}")
-    if store.kind == "redis" and not store.url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"store.url must be a redis://, rediss:// or unix:// URL, got {store.url!r}")
-    if store.ttl_s <= 0 or store.timeout_s <= 0:
-        raise ConfigError("store.ttl_s and store.timeout_s must be > 0")
-    return store
+    sources = [base, _YamlFile(profile_path, f"profiles/{profile}.yaml")(), _Environment(env)(), dict(overrides or {})]
+    data: dict[str, Any] = {}
+    for source in sources:
+        data = _merge(data, source)
+    data.pop("profile", None)
+    for fixed in _NOT_READ:
+        if fixed in data:
+            raise ConfigError(f"{fixed} is not a setting; it comes from where the configuration is read")
+    data["profile"] = profile
+    data["config_dir"] = config_dir
+    data["personas_file"] = config_dir / str(data.get("personas_file", "personas.yaml"))
+    data["api_keys"] = tuple(k.strip() for k in env.get("TTH_API_KEYS", "").split(",") if k.strip())
+    try:
+        return _VALIDATE.validate_python(data)
+    except ValidationError as exc:
+        raise _config_error(exc) from None

@@ -44,6 +44,7 @@ from adapters.base import (
 )
 from adapters.errors import ProviderError
 from tth_server import metrics
+from tth_server.config import SegmenterSettings
 from tth_server.controls import ControlPatch, Controls, resolve
 from tth_server.drift import DriftController
 from tth_server.events import AppliedControl, ControlReport, DowngradedControl, StageTiming, TurnMetrics
@@ -93,8 +94,8 @@ class ConversationSlot:
 
 @dataclass(frozen=True, slots=True)
 class SegmentPolicy:
-    first_clause_min_chars: int = 12
-    max_chars: int = 240
+    first_clause_min_chars: int = SegmenterSettings.first_clause_min_chars
+    max_chars: int = SegmenterSettings.max_chars
     sentences_only: bool = False
 
 

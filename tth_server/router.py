@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -65,7 +65,7 @@ from adapters.base import (
 from adapters.errors import ErrorCategory, ProviderError
 from adapters.resample import Resampler
 from tth_server import metrics, registry
-from tth_server.config import ComponentConfig, ConfigError, RouterSettings, StageBudget
+from tth_server.config import ComponentConfig, RouterSettings, StageBudget
 from tth_server.controls import Controls
 from tth_server.events import StageTiming
 from tth_server.logs import log
@@ -710,13 +710,7 @@ def route(stage: str, component: ComponentConfig, settings: RouterSettings) -> A
     where = f"components.{stage}"
     adapters = [registry.create(stage, component.adapter, component.options, where)]
     for i, entry in enumerate(component.fallback):
-        here = f"{where}.fallback[{i}]"
-        if not isinstance(entry, Mapping) or not entry.get("adapter"):
-            raise ConfigError(f"{here}.adapter is required (an adapter name)")
-        extra = set(entry) - {"adapter", "options"}
-        if extra:
-            raise ConfigError(f"{here}.{sorted(extra)[0]} is not a setting; allowed: adapter, options")
-        adapters.append(registry.create(stage, str(entry["adapter"]), dict(entry.get("options") or {}), here))
+        adapters.append(registry.create(stage, entry.adapter, entry.options, f"{where}.fallback[{i}]"))
     if len(adapters) == 1 and adapters[0].mode is Mode.LOCAL and not settings.route_local:
         return adapters[0]
     return _ROUTED[Stage(stage)](Chain(Stage(stage), adapters, settings))

@@ -354,7 +354,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
                     capabilities=convert.capabilities_to_proto(caps),
                     health=pb.ADAPTER_HEALTH_SERVING if health.healthy else pb.ADAPTER_HEALTH_NOT_SERVING,
                     detail=health.detail,
-                    fallbacks=[str(f.get("adapter", "")) for f in component.fallback],
+                    fallbacks=[f.adapter for f in component.fallback],
                 )
             )
         return pb.ListModelsResponse(
