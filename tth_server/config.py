@@ -27,8 +27,6 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, YamlConf
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 STAGES = ("llm", "tts", "avatar", "realtime")
-LATENCY_MODES = ("low", "balanced", "quality")
-STORE_KINDS = ("memory", "redis")
 _SECRET_HINTS = ("api_key", "apikey", "secret", "password", "token")
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")  # an environment variable's name, as the *_env options hold
 
@@ -41,6 +39,13 @@ UnlimitedSeconds = Annotated[float, Field(ge=0, description="0 means unlimited")
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key and the allowed values."""
+
+
+def _only_stages(mapping: Mapping[str, Any], where: str) -> None:
+    """ValueError naming the first key of `mapping` that is not a stage."""
+    for stage in mapping:
+        if stage not in STAGES:
+            raise ValueError(f"{where}.{stage} is not a stage; allowed: {list(STAGES)}")
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -67,9 +72,8 @@ class SessionSettings:
     resume_window_s: Annotated[float, Field(ge=0, description="0: a dropped stream ends its session")] = 30.0
     replay_events: Annotated[int, Field(ge=1)] = 2048  # sent events kept per session for a resume to replay
     replay_bytes: Annotated[int, Field(ge=1)] = 4 * 1024 * 1024  # ... and at most this many bytes of them
-    max_portrait_bytes: Annotated[int, Field(ge=1)] = (
-        4 * 1024 * 1024
-    )  # SessionConfig.portrait / GenerateRequest.portrait
+    # SessionConfig.portrait / GenerateRequest.portrait
+    max_portrait_bytes: Annotated[int, Field(ge=1)] = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -123,9 +127,8 @@ class RouterSettings:
 
     retries: Annotated[int, Field(ge=0)] = 1  # extra tries on the same provider, only before it produced any output
     retry_backoff_ms: Annotated[float, Field(ge=0)] = 200.0  # wait before a retry, doubled each time
-    max_retry_after_ms: Annotated[float, Field(ge=0)] = (
-        2000.0  # a longer Retry-After skips to the next provider instead
-    )
+    # a longer Retry-After skips to the next provider instead
+    max_retry_after_ms: Annotated[float, Field(ge=0)] = 2000.0
     route_local: bool = False  # also route in-process adapters that have no fallback
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     budgets: dict[str, StageBudget] = field(default_factory=lambda: dict(_BUDGETS))
@@ -137,9 +140,8 @@ class RouterSettings:
         if not isinstance(value, Mapping):
             return value
         out: dict[Any, Any] = dict(_BUDGETS)
+        _only_stages(value, "router.budgets")
         for stage, spec in value.items():
-            if stage not in STAGES:
-                raise ValueError(f"router.budgets.{stage} is not a stage; allowed: {list(STAGES)}")
             base = _BUDGETS.get(stage)
             if base is not None and isinstance(spec, Mapping):
                 spec = {"first_byte_ms": base.first_byte_ms, "total_ms": base.total_ms, **spec}
@@ -193,9 +195,8 @@ class LimitSettings:
 class MetricsSettings:
     """Prometheus metrics over HTTP at `/metrics` (see tth_server.metrics); port 0 serves none."""
 
-    port: Annotated[int, Field(ge=0, le=65535)] = (
-        0  # 9464 is the usual choice; with several workers, worker i uses port + i
-    )
+    # 9464 is the usual choice; with several workers, worker i uses port + i
+    port: Annotated[int, Field(ge=0, le=65535)] = 0
     host: str = "127.0.0.1"  # 0.0.0.0 to let a scraper on another host in
 
 
@@ -205,9 +206,8 @@ class StoreSettings:
 
     kind: Literal["memory", "redis"] = "memory"
     url: str = "redis://127.0.0.1:6379/0"  # a URL with a password belongs in TTH_STORE__URL, not YAML
-    ttl_s: Annotated[float, Field(gt=0)] = (
-        900.0  # a stored session nobody saves for this long is dropped (its replica died)
-    )
+    # a stored session nobody saves for this long is dropped (its replica died)
+    ttl_s: Annotated[float, Field(gt=0)] = 900.0
     timeout_s: Annotated[float, Field(gt=0)] = 2.0  # longest wait for one store operation
     key_prefix: str = "tth:session:"
 
@@ -275,9 +275,7 @@ class Config:
         """A profile removes a stage of base.yaml by setting it to null."""
         if not isinstance(value, Mapping):
             return value
-        for stage in value:
-            if stage not in STAGES:
-                raise ValueError(f"components.{stage} is not a stage; allowed: {list(STAGES)}")
+        _only_stages(value, "components")
         return {k: v for k, v in value.items() if v is not None}
 
     @model_validator(mode="after")
