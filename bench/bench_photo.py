@@ -20,6 +20,8 @@ The portrait is NASA's public-domain astronaut photo from scikit-image.
   Run twice on a fresh adapter (`--render-processes` worker processes render the
   misses): with its frame cache cold, all sessions starting at once (the worst case),
   then warm from that run with new speech (a server that has been running).
+  Stand-ins: frames that repeated their turn's previous frame because their pose
+  was not rendered within `max_lag_ms` past its time (`--max-lag-ms`).
 - Drift: every frame's `source_audio_ms - timestamp_ms` and its distance from
   index * frame_ms, over the long turn.
 """
@@ -92,7 +94,7 @@ async def throughput(avatar: PhotoAvatar, portrait_id: str, pcm: np.ndarray, siz
                 f"{size} px drift over {len(pcm) / RATE:.0f} s: mean {statistics.mean(drift):.3f} ms, "
                 f"max {max(drift):.3f} ms; clock error max {max(clock):.3f} ms"
             )
-    uncached = PhotoAvatar("photo", {"cache_dir": "", "cache_mb": 0.001, "render_processes": 0})
+    uncached = PhotoAvatar("photo", {"cache_dir": "", "cache_mb": 0.001, "render_processes": 0, "max_lag_ms": 10000})
     uncached_id = await uncached.prepare(astronaut())
     settings = RenderSettings(width=size, height=size, portrait_id=uncached_id)
     cpu = time.process_time()
@@ -131,7 +133,7 @@ async def capacity(
     avatar: PhotoAvatar, portrait_id: str, sessions: int, seconds: float, label: str, first_seed: int
 ) -> None:
     speech = [speech_like(seconds, seed=first_seed + s) for s in range(sessions)]  # made before the clocks start
-    misses = avatar.frames.misses
+    misses, stand_ins = avatar.frames.misses, avatar.stand_ins
     cpu, wall = time.process_time(), time.perf_counter()
     results = await asyncio.gather(*(one_session(avatar, portrait_id, pcm) for pcm in speech))
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -139,7 +141,8 @@ async def capacity(
     print(
         f"{sessions} real-time sessions at 256 px, {label}, {seconds:.0f} s each: {frames} frames, "
         f"{late} late ({100 * late / max(1, frames):.2f} %; {later} of them after the first second), "
-        f"{avatar.frames.misses - misses} misses, CPU {cpu / wall:.2f} cores in this process"
+        f"{avatar.frames.misses - misses} misses, {avatar.stand_ins - stand_ins} stand-ins "
+        f"({100 * (avatar.stand_ins - stand_ins) / max(1, frames):.2f} %), CPU {cpu / wall:.2f} cores in this process"
     )
 
 
@@ -148,12 +151,14 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the steady-state turn")
     parser.add_argument("--sessions", type=int, default=100, help="concurrent real-time sessions")
     parser.add_argument("--render-processes", type=int, default=1, help="the photo avatar's render_processes")
+    parser.add_argument("--max-lag-ms", type=float, default=40.0, help="the photo avatar's max_lag_ms")
     args = parser.parse_args()
     portrait = astronaut()
     with tempfile.TemporaryDirectory() as cache:
         load = time.perf_counter()
-        # Frames per core in threads of this process, so that process_time counts all the work.
-        avatar = PhotoAvatar("photo", {"cache_dir": cache, "render_processes": 0})
+        # Frames per core in threads of this process, so that process_time counts all the work; every
+        # frame waits for its pose (no stand-ins), so that every pose is rendered.
+        avatar = PhotoAvatar("photo", {"cache_dir": cache, "render_processes": 0, "max_lag_ms": 10000})
         await avatar.start()
         load_ms = (time.perf_counter() - load) * 1000
         fresh = [await first_frame(portrait, tempfile.mkdtemp(dir=cache)) for _ in range(3)]
@@ -169,7 +174,8 @@ async def main() -> None:
         pcm = speech_like(args.seconds)
         for size in (256, 512):
             await throughput(avatar, portrait_id, pcm, size)
-        cold = PhotoAvatar("photo", {"cache_dir": cache, "render_processes": args.render_processes})
+        options = {"cache_dir": cache, "render_processes": args.render_processes, "max_lag_ms": args.max_lag_ms}
+        cold = PhotoAvatar("photo", options)
         async with cold:
             cold_id = await cold.prepare(portrait)
             await capacity(cold, cold_id, args.sessions, 10.0, "frame cache cold", 0)

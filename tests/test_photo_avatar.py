@@ -7,6 +7,7 @@ the landmark cache is reused across detectors and sessions.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import os
@@ -239,6 +240,49 @@ async def test_a_render_worker_that_dies_is_replaced_and_the_frames_go_on(astron
         assert adapter.renderer.pids() != [dead]
     assert len(frames) == 20
     assert all(Image.open(io.BytesIO(f.data)).size == (256, 256) for f in frames)
+
+
+def slowed(adapter: PhotoAvatar, hold: asyncio.Event | None, delay_s: float = 0.0) -> None:
+    """Make the adapter's renderer slow (`delay_s` per frame) or stuck after its first frame (until `hold` is set)."""
+    render, calls = adapter.renderer.render, itertools.count()
+
+    async def slow(*args: object) -> bytes:
+        if next(calls) and hold is not None:
+            await hold.wait()
+        await asyncio.sleep(delay_s)
+        return await render(*args)  # type: ignore[arg-type]
+
+    adapter.renderer.render = slow  # type: ignore[method-assign]
+
+
+async def test_a_busy_renderer_holds_the_previous_frame_rather_than_making_video_late(
+    astronaut: bytes, tmp_path: Path
+) -> None:
+    hold = asyncio.Event()
+    async with PhotoAvatar("photo", {"cache_dir": str(tmp_path), "render_processes": 0}) as adapter:
+        portrait = await adapter.prepare(astronaut)
+        slowed(adapter, hold)
+
+        async def real_time() -> AsyncIterator[AvatarInput]:
+            for item in chunks(speech_like(0.8, seed=7), chunk_ms=40.0):
+                yield item
+                await asyncio.sleep(0.04)
+
+        frames = [f async for f in adapter.render(real_time(), RenderSettings(portrait_id=portrait))]
+        hold.set()
+    assert [f.frame_index for f in frames] == list(range(20))  # every frame, on the clock, none waited forever
+    assert adapter.stand_ins >= 18 and all(f.data == frames[0].data for f in frames[1:])
+
+
+async def test_audio_faster_than_real_time_waits_for_every_pose(astronaut: bytes, tmp_path: Path) -> None:
+    inputs = chunks(speech_like(0.8, seed=8))
+    async with PhotoAvatar("photo", {"cache_dir": "", "render_processes": 0, "seed": 3}) as adapter:
+        expected = [f.data for f in await render(adapter, await adapter.prepare(astronaut), inputs)]
+    async with PhotoAvatar("photo", {"cache_dir": "", "render_processes": 0, "seed": 3}) as adapter:
+        portrait = await adapter.prepare(astronaut)
+        slowed(adapter, None, delay_s=0.02)  # slower than the cache, faster than the 40 ms frame clock
+        assert [f.data for f in await render(adapter, portrait, inputs)] == expected
+        assert adapter.stand_ins == 0
 
 
 def test_render_processes_must_not_be_negative() -> None:

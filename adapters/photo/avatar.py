@@ -16,7 +16,14 @@ expressions come from the same modules as the drawn face (`adapters.face`).
 
 A frame is a JPEG cached under its quantized pose, shared by every session with
 the same portrait and size; a miss warps and encodes in a worker process
-(~2-3 ms at 256 px; `adapters.photo.workers` says why not a thread).
+(~2-3 ms at 256 px; `adapters.photo.workers` says why not a thread). Each turn
+keeps a real-time clock from its first frame: a frame whose pose is not ready by
+`max_lag_ms` past its time on that clock shows the turn's previous frame instead
+(counted in `stand_ins`) while its pose is still rendered and cached, so a busy
+renderer makes the face hold a pose for a frame rather than make video late. A
+turn has at most one such render outstanding; further misses meanwhile stand in
+too. Audio that comes faster than real time (a fast TTS, `Generate` to a file)
+leaves every frame time to wait for its pose.
 
 Options:
 
@@ -24,6 +31,7 @@ Options:
     landmarks: dlib68     or dlib5 (public-domain model, mouth placed by proportion); see docs/photo_face.md
     cache_dir: ~/.cache/tth/portraits   landmarks by portrait hash ("" keeps them in memory only)
     render_processes: 1   worker processes for frames not in the cache (0: threads of the server's process)
+    max_lag_ms: 40        how far a frame may fall behind its turn's real-time clock waiting for its pose
     max_portrait_bytes: 4194304
     seed: 0, jpeg_quality: 85, cache_mb: 128
     first_byte_ms, fail_after, fail_category, hang: fault injection (`adapters.local.knobs`)
@@ -218,6 +226,11 @@ class PhotoAvatar(AvatarAdapter, PortraitAvatar):
         processes = int(options.get("render_processes", 1))
         if processes < 0:
             raise ValueError(f"photo avatar option render_processes must be 0 (threads) or more, got {processes}")
+        self.max_lag_s = float(options.get("max_lag_ms", 40.0)) / 1000
+        if not 0 <= self.max_lag_s <= 10:
+            raise ValueError(f"photo avatar option max_lag_ms must be in [0, 10000], got {self.max_lag_s * 1000:g}")
+        self.stand_ins = 0
+        """Frames that repeated their turn's previous frame because their pose was not ready in time."""
         self._rigs = Rigs()
         self.renderer = renderer(processes, self._quality, self._rigs)
         self._knobs = Knobs.from_options(options)
@@ -378,6 +391,9 @@ class _Turn:
         self._mouth = VISEMES[REST]
         self._rate = 0
         self._ease = 1 - math.exp(-settings.frame_ms / EASE_MS)
+        self._last: bytes | None = None
+        self._behind: asyncio.Future[bytes] | None = None
+        self._clock: float | None = None  # loop time at which this turn's media time 0 is due
 
     def add(self, item: AvatarInput) -> None:
         chunk, controls = item.chunk, item.mapping.controls
@@ -429,5 +445,33 @@ class _Turn:
         pose = compose(expression, mouth, _LIDS[self._blinker.state(t, blinks)])
         pose = replace(pose, sway_px=head.sway * step, nod_px=head.nod * step, roll_deg=-head.sway * 0.5)
         s = self._settings
-        data = await self._avatar.render_key(_Key(self._digest, s.width, s.height, quantize(pose)))
+        key = _Key(self._digest, s.width, s.height, quantize(pose))
+        loop_now = asyncio.get_running_loop().time()
+        if self._clock is None:
+            self._clock = loop_now - t / 1000
+        data = self._avatar.frames.get(key)
+        if data is None:
+            data = await self._miss(key, self._clock + t / 1000 + self._avatar.max_lag_s - loop_now)
+        self._last = data
         return VideoFrame(data, VideoEncoding.JPEG, s.width, s.height, window.index, t, t)
+
+    async def _miss(self, key: _Key, slack_s: float) -> bytes:
+        """The frame for a pose not in the cache, or the previous frame if it is not ready within `slack_s`."""
+        avatar = self._avatar
+        if self._last is None:  # the turn's first frame has nothing to stand in for it
+            return await avatar.render_key(key)
+        if self._behind is None or self._behind.done():
+            self._behind = asyncio.ensure_future(avatar.render_key(key))
+            self._behind.add_done_callback(_retrieve)
+            try:
+                return await asyncio.wait_for(asyncio.shield(self._behind), max(0.0, slack_s))
+            except TimeoutError:
+                pass
+        avatar.stand_ins += 1
+        return self._last
+
+
+def _retrieve(future: asyncio.Future[bytes]) -> None:
+    """Mark a stand-in's render as looked at: a failure shows on the next frame that needs that renderer."""
+    if not future.cancelled():
+        future.exception()
