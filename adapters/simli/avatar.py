@@ -13,13 +13,15 @@ The protocol, as Simli's docs and its Python SDK (`simli-ai`, P2P transport) use
    end the session (its `maxIdleTime` and `maxSessionLength` included).
 
 Video (and Simli's copy of the audio) comes back on the peer connection. The
-session opens on the TTH session's first turn and is kept; one that Simli ended
-is reopened on the next turn. Frames are placed on the turn's clock from `SPEAK`
-on by their own timestamps (`adapters.webrtc`).
+session opens when the TTH session starts (or on its first turn, `connect:
+first_turn`) and is kept; one that Simli ended is reopened on the next turn.
+Frames are placed on the turn's clock from `SPEAK` on by their own timestamps
+(`adapters.webrtc`).
 
 Options:
 
     face_id: (or SIMLI_FACE_ID)      the face to use; required
+    connect: session_start           or first_turn: when the session's connection opens
     api_key_env: SIMLI_API_KEY       the variable holding the key (never put the key in YAML)
     base_url: https://api.simli.ai   or SIMLI_BASE_URL; the WebSocket is the same host (ws/wss)
     ws_url: (from base_url)          the signalling host, where it is not the API's (a proxy, the tests' fake)

@@ -53,6 +53,7 @@ class FakeAnam(FakeProvider):
     session_requests: int = 0
     session_bodies: list[dict[str, Any]] = field(default_factory=list)
     sessions_started: int = 0
+    sessions_ended: int = 0  # signalling sockets closed, by either side
     interrupts: int = 0
     audio_bytes: int = 0
     audio_rates: set[int] = field(default_factory=set)
@@ -172,4 +173,5 @@ class FakeAnam(FakeProvider):
                 elif action == "endsession":
                     return
         finally:
+            self.sessions_ended += 1
             await pc.close()
