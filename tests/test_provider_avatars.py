@@ -299,6 +299,26 @@ async def test_barge_in_stops_the_providers_speech_and_no_old_frame_follows_the_
     assert fake.interrupts >= 1 and fake.sessions_started == 1
 
 
+async def test_an_interrupt_stops_the_providers_speech_and_the_next_turn_starts_clean(
+    provider: Provider, fake: Fake, start_server: ServerFactory
+) -> None:
+    server = await start_server(**profile(provider, fake, LONG, session={"max_lead_ms": 300}))
+    async with converse(server.port) as conv:
+        await conv.say("Tell me a story")
+        seen: list[pb.ConverseResponse] = []
+        while len(videos(seen)) < 10:
+            seen.append(await conv.next())
+        await conv.interrupt()
+        rest = await conv.until_terminal()
+        cut = rest[-1]
+        assert cut.WhichOneof("event") == "turn_interrupted" and cut.turn_id == seen[0].turn_id
+        assert fake.interrupts == 1
+        events = await turn(conv, "Hello")  # the provider dropped the story: the new turn is its own from frame 0
+    assert arms(events)[-1] == "turn_complete" and videos(events)[0].frame_index == 0
+    assert avatar_timing(events).adapter == provider.adapter and not avatar_timing(events).fallback_used
+    assert fake.sessions_started == 1
+
+
 FAULTS = {
     "bad key (401)": ({"key": "another-key"}, "auth"),
     "rate limited (429, Retry-After too long to wait)": ({"session_status": 429, "retry_after": "30"}, "rate_limit"),

@@ -34,6 +34,7 @@ Options:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -52,6 +53,7 @@ from tth_server.logs import log
 
 SAMPLE_RATE_HZ = 16_000
 _MAX_MESSAGE_BYTES = 6000  # what the SDK sends at most per WebSocket message
+_SILENT_WAIT_S = 0.5  # how long a turn waits for the last one's SILENT (one or two frames, as a rule)
 
 
 def _category(message: str) -> ErrorCategory:
@@ -90,6 +92,8 @@ class SimliConnection(WebRTCConnection):
         self._secrets = secrets
         self._closing_reason = ""
         self._reader: asyncio.Task[None] | None = None
+        self._silent = asyncio.Event()  # between SILENT (or START) and SPEAK
+        self._silent.set()
 
     def listen(self) -> None:
         self._reader = asyncio.get_running_loop().create_task(self._read())
@@ -107,7 +111,10 @@ class SimliConnection(WebRTCConnection):
     def on_message(self, text: str) -> None:
         head = text.upper()
         if head.startswith("SPEAK"):
+            self._silent.clear()
             self.started_speaking(asyncio.get_running_loop().time())
+        elif head.startswith("SILENT"):
+            self._silent.set()
         elif head.startswith(("ERROR", "RATE")):
             detail = redact(text.partition(":")[2].strip() or text, self._secrets)
             self.fail(f"Simli error: {detail}", _category(text))
@@ -124,6 +131,17 @@ class SimliConnection(WebRTCConnection):
             self.fail("signalling socket closed")
             assert self.error is not None
             raise self.error from None
+
+    async def before_turn(self) -> None:
+        """A turn right after one that was cut (SKIP) or had just ended waits for SILENT, at most 0.5 s.
+
+        Simli says SPEAK when the face goes from silent to speaking: audio sent while
+        it still plays (or has just dropped) the last turn's would get no SPEAK of
+        its own, and the turn would never find its first frame.
+        """
+        if not self._silent.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._silent.wait(), _SILENT_WAIT_S)
 
     async def send_audio(self, pcm: bytes) -> None:
         for i in range(0, len(pcm), _MAX_MESSAGE_BYTES):
