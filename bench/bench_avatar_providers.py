@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from adapters.base import AvatarConnection, AvatarInput, SessionAvatarAdapter
 from adapters.local.stub_avatar import StubAvatar
 from bench.bench_face import inputs, speech_like
-from bench.common import ROOT, Row, report
+from bench.common import ROOT, Row, cpu_seconds, report
 from tth_server.controls import Controls
 from tth_server.media import RenderSettings
 
@@ -186,10 +186,15 @@ async def speak(connection: AvatarConnection, items: Sequence[AvatarInput]) -> T
     return Turn(emitted[0][1], emitted, math.ceil(audio_ms / SETTINGS.frame_ms))
 
 
-def holds(turn: Turn) -> bool:
-    """At least 95 % of the slots, and 95 % of the frames within LATE_MS of their slot (from frame 0's)."""
+def lateness(turn: Turn) -> float:
+    """The share of frames later than LATE_MS after their slot on the turn's clock (from frame 0's)."""
     late = [at - turn.first_at - slot * SETTINGS.frame_ms / 1000 > LATE_MS / 1000 for slot, at in turn.emitted]
-    return len(turn.emitted) >= 0.95 * turn.slots and sum(late) <= 0.05 * len(turn.emitted)
+    return sum(late) / len(late)
+
+
+def holds(turn: Turn) -> bool:
+    """At least 95 % of the slots, and no more than 5 % of the frames late."""
+    return len(turn.emitted) >= 0.95 * turn.slots and lateness(turn) <= 0.05
 
 
 # ---- measurements ----------------------------------------------------------------------------------------------
@@ -216,19 +221,28 @@ async def ready_and_first_frame(fakes: Fakes, provider: str, turns: int) -> tupl
     return ready, added
 
 
-async def provider_cpu(fakes: Fakes, provider: str, sessions: int, seconds: float) -> tuple[float, list[Turn]]:
-    """This process's CPU ms per session-second of video while `sessions` speak `seconds` each, and the turns."""
+@dataclass
+class Load:
+    cpu_ms: float  # this process's CPU per session-second of video
+    turns: list[Turn]
+    cores: float  # this process's CPU over the turns' wall time
+    fake_cores: float  # the same for the fakes' process
+
+
+async def provider_cpu(fakes: Fakes, provider: str, sessions: int, seconds: float) -> Load:
+    """This process's CPU per session-second of video while `sessions` speak `seconds` each, and the turns."""
     async with fakes.adapter(provider) as avatar:
         connections = await asyncio.gather(*(avatar.connect() for _ in range(sessions)))
         try:
             await asyncio.sleep(0.3)  # past the connections' start-up work
-            cpu = time.process_time()
+            cpu, fake_cpu, wall = time.process_time(), cpu_seconds(fakes.proc.pid), time.monotonic()
             turns = await asyncio.gather(*(speak(c, speech(seconds, seed=i)) for i, c in enumerate(connections)))
-            used = time.process_time() - cpu
+            used, fake_used = time.process_time() - cpu, cpu_seconds(fakes.proc.pid) - fake_cpu
+            wall = time.monotonic() - wall
         finally:
             await asyncio.gather(*(c.aclose() for c in connections), return_exceptions=True)
     video_s = sum(len(t.emitted) for t in turns) * SETTINGS.frame_ms / 1000
-    return used * 1000 / video_s, list(turns)
+    return Load(used * 1000 / video_s, list(turns), used / wall, fake_used / wall)
 
 
 async def stub_cpu(sessions: int, seconds: float) -> float:
@@ -256,10 +270,15 @@ async def capacity(fakes: Fakes, provider: str, seconds: float, limit: int) -> t
     held = 0
     notes: list[str] = []
     for n in ladder(limit):
-        _, turns = await provider_cpu(fakes, provider, n, seconds)
+        load = await provider_cpu(fakes, provider, n, seconds)
+        turns = load.turns
         fine = sum(holds(t) for t in turns)
-        worst = min(len(t.emitted) / t.slots for t in turns)
-        notes.append(f"{n}: {fine}/{n} held (fewest slots filled {worst:.0%})")
+        filled = min(len(t.emitted) / t.slots for t in turns)
+        late = max(lateness(t) for t in turns)
+        notes.append(
+            f"{n}: {fine}/{n} held (worst: {filled:.0%} of slots, {late:.0%} late; "
+            f"cores: ours {load.cores:.2f}, fakes {load.fake_cores:.2f})"
+        )
         if fine < n:
             break
         held = n
@@ -276,7 +295,7 @@ async def run(turns: int = 10, seconds: float = 5.0, max_sessions: int = 12) -> 
             stub = await stub_cpu(2, seconds)
             for provider in ("simli", "anam"):
                 ready, added = await ready_and_first_frame(fakes, provider, turns)
-                cpu, _ = await provider_cpu(fakes, provider, 2, seconds)
+                cpu = (await provider_cpu(fakes, provider, 2, seconds)).cpu_ms
                 sessions, ladder_note = await capacity(fakes, provider, seconds, max_sessions)
                 rows += [
                     Row(
