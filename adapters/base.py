@@ -323,6 +323,7 @@ class AvatarConnections:
         found = self.get(adapter)
         if found is not None:
             return found
+        await self.drop(adapter)  # one the provider ended between turns (an idle limit): its peer is still open
         connection = await adapter.connect()
         self.put(adapter, connection)
         return connection

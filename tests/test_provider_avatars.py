@@ -379,6 +379,25 @@ async def test_a_session_simli_ended_for_idleness_is_reopened_on_the_next_turn(s
     assert fake.sessions_started == 2
 
 
+async def test_a_session_anam_ended_at_its_length_limit_is_reopened_on_the_next_turn(
+    start_server: ServerFactory,
+) -> None:
+    provider = PROVIDERS["anam"]
+    fake = anam.FakeAnam(end_after_s=1.0)
+    await fake.start()
+    try:
+        server = await start_server(**profile(provider, fake, connect="first_turn"))
+        async with converse(server.port) as conv:
+            assert arms(await turn(conv))[-1] == "turn_complete"
+            await until(lambda: fake.sessions_ended == 1)
+            fake.end_after_s = None  # the next session is left to run
+            events = await turn(conv)
+    finally:
+        await fake.aclose()
+    assert avatar_timing(events).adapter == provider.adapter and not avatar_timing(events).fallback_used
+    assert fake.sessions_started == 2
+
+
 def test_a_provider_avatar_needs_its_key_its_face_and_the_webrtc_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     for cls, face_env, key_env in (
         (SimliAvatar, "SIMLI_FACE_ID", "SIMLI_API_KEY"),
