@@ -22,7 +22,9 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 
+from tth_server.config import ConfigError
 from tth_server.controls import PUBLIC_NAMES, Controls, EmotionLabel
+from tth_server.logs import log
 from tth_server.media import AudioChunk, RenderSettings, VideoFrame
 
 
@@ -193,6 +195,14 @@ class AvatarAdapter(Adapter):
         coming until they cover all of it (the last frame starts before its end).
         """
 
+    def session_started(self, connections: AvatarConnections) -> bool:
+        """A TTH session began (a stream attached): a provider avatar may open its connection now.
+
+        Returns at once (any connecting goes on in the background); True when a
+        connection began opening. A local face has nothing to open.
+        """
+        return False
+
 
 class PortraitAvatar(ABC):
     """An avatar that can take a client's own portrait as a session's face (mixed into an AvatarAdapter)."""
@@ -261,10 +271,19 @@ class AvatarConnection(ABC):
 
 
 class AvatarConnections:
-    """The provider-avatar connections of one TTH session, one per adapter; closed with the session."""
+    """The provider-avatar connections of one TTH session, one per adapter; closed with the session.
+
+    A connection is opened either by the turn that first needs it (`connection`)
+    or ahead of it when the session starts (`connect_soon`, for `connect:
+    session_start`); a turn that comes while that is still under way waits for
+    it rather than opening a second one, and one that failed is reported once, to
+    the turn that asks next, which the router then retries or falls back from.
+    """
 
     def __init__(self) -> None:
         self._open: dict[int, AvatarConnection] = {}
+        self._opening: dict[int, asyncio.Task[AvatarConnection]] = {}
+        self._closed = False
 
     def get(self, adapter: SessionAvatarAdapter) -> AvatarConnection | None:
         connection = self._open.get(id(adapter))
@@ -273,41 +292,103 @@ class AvatarConnections:
     def put(self, adapter: SessionAvatarAdapter, connection: AvatarConnection) -> None:
         self._open[id(adapter)] = connection
 
+    def opening(self, adapter: SessionAvatarAdapter) -> bool:
+        """A connection to `adapter` is being opened ahead of the first turn."""
+        task = self._opening.get(id(adapter))
+        return task is not None and not task.done()
+
+    def connect_soon(self, adapter: SessionAvatarAdapter) -> bool:
+        """Start opening a connection to `adapter` in the background; False when one is open or opening."""
+        if self._closed or self.get(adapter) is not None or id(adapter) in self._opening:
+            return False
+        task = asyncio.get_running_loop().create_task(adapter.connect(), name=f"connect {adapter.name}")
+        task.add_done_callback(_retrieved)
+        self._opening[id(adapter)] = task
+        return True
+
+    async def connection(self, adapter: SessionAvatarAdapter) -> AvatarConnection:
+        """The session's usable connection to `adapter`: the one opened ahead (awaited), else a new one.
+
+        A connection opened ahead that failed raises its error here, once. Cancelling
+        the caller leaves a connection still being opened to the next turn.
+        """
+        task = self._opening.get(id(adapter))
+        if task is not None:
+            try:
+                connection = await asyncio.shield(task)
+            finally:
+                if task.done() and self._opening.get(id(adapter)) is task:
+                    del self._opening[id(adapter)]
+            self.put(adapter, connection)
+        found = self.get(adapter)
+        if found is not None:
+            return found
+        await self.drop(adapter)  # one the provider ended between turns (an idle limit): its peer is still open
+        connection = await adapter.connect()
+        self.put(adapter, connection)
+        return connection
+
     async def drop(self, adapter: SessionAvatarAdapter) -> None:
         connection = self._open.pop(id(adapter), None)
         if connection is not None:
             await connection.aclose()
 
     async def aclose(self) -> None:
-        connections, self._open = list(self._open.values()), {}
+        self._closed = True
+        opening, self._opening = list(self._opening.values()), {}
+        for task in opening:
+            task.cancel()
+        if opening:
+            await asyncio.wait(opening)
+        late = [t.result() for t in opening if not t.cancelled() and t.exception() is None]
+        connections, self._open = [*self._open.values(), *late], {}
         await asyncio.gather(*(c.aclose() for c in connections), return_exceptions=True)
+
+
+def _retrieved(task: asyncio.Task[AvatarConnection]) -> None:
+    """Log a background connect's error (and so mark it seen: the turn that asks next re-raises it, if one does)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("provider avatar did not connect at session start", task=task.get_name(), error=str(exc))
 
 
 session_avatars: ContextVar[AvatarConnections | None] = ContextVar("tth_session_avatars", default=None)
 """The running session's avatar connections; a turn's task sees its session's (a Generate call: none)."""
 
+CONNECT_MODES = ("session_start", "first_turn")
+ConnectMode = Literal["session_start", "first_turn"]
+
 
 class SessionAvatarAdapter(AvatarAdapter):
-    """A provider avatar: one connection per TTH session, opened on its first turn, kept across turns.
+    """A provider avatar: one connection per TTH session, kept across turns.
 
-    Without a session (a Generate call) the connection lives for the one turn. A
-    turn that ends before its frames are all out (an interrupt, a failure, the
-    router giving up on it) tells the provider to drop what it has not played, so
-    the next turn starts clean; a connection that failed is closed and the next
-    turn opens a new one.
+    `options.connect` says when it opens: `session_start` (the default) as a
+    stream first attaches to the session, in the background, so the first turn
+    finds the provider ready; `first_turn` when the first turn needs it (nothing
+    is spent on a session that never speaks). Without a session (a Generate
+    call) the connection lives for the one turn. A turn that ends before its
+    frames are all out (an interrupt, a failure, the router giving up on it)
+    tells the provider to drop what it has not played, so the next turn starts
+    clean; a connection that failed is closed and the next turn opens a new one.
     """
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        super().__init__(name, options)
+        connect = self.options.get("connect", "session_start")
+        if connect not in CONNECT_MODES:
+            raise ConfigError(f"{name}: options.connect must be one of {', '.join(CONNECT_MODES)}, got {connect!r}")
+        self.connect_on: ConnectMode = connect
 
     @abstractmethod
     async def connect(self) -> AvatarConnection:
         """Open a connection to the provider, ready to take audio."""
 
+    def session_started(self, connections: AvatarConnections) -> bool:
+        """With `connect: session_start`, begin opening the session's connection; True when it began."""
+        return self.connect_on == "session_start" and connections.connect_soon(self)
+
     async def render(self, audio: AsyncIterator[AvatarInput], settings: RenderSettings) -> AsyncIterator[VideoFrame]:
         holder = session_avatars.get()
-        connection = holder.get(self) if holder is not None else None
-        if connection is None:
-            connection = await self.connect()
-            if holder is not None:
-                holder.put(self, connection)
+        connection = await holder.connection(self) if holder is not None else await self.connect()
         finished = False
         try:
             async for frame in connection.speak(audio, settings):

@@ -196,9 +196,13 @@ class WebRTCConnection(AvatarConnection):
     async def end_audio(self) -> None:
         """Tell the provider this turn's audio is complete."""
 
+    async def before_turn(self) -> None:
+        """Wait, briefly, until the provider can mark this turn's start apart from the last one's (default: no wait)."""
+
     async def speak(self, audio: AsyncIterator[AvatarInput], settings: RenderSettings) -> AsyncIterator[VideoFrame]:
         if self.error is not None:
             raise self.error
+        await self.before_turn()
         self._speaking_at = None
         while not self.peer.frames.empty():  # frames of the idle face before this turn
             self.peer.frames.get_nowait()

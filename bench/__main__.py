@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one table: target, measured, baseline from the same run, ratio, pass or fail.
 
-    .venv/bin/python -m bench [--only latency,interrupt,drift,capacity,wire,memory,voice]
+    .venv/bin/python -m bench [--only latency,interrupt,drift,capacity,wire,memory,voice,avatars]
                               [--quick|--smoke] [--components]
 
 Each benchmark is also a module that runs alone (`python -m bench.bench_latency`
@@ -28,7 +28,16 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from bench import bench_capacity, bench_drift, bench_interrupt, bench_latency, bench_memory, bench_voice, bench_wire
+from bench import (
+    bench_avatar_providers,
+    bench_capacity,
+    bench_drift,
+    bench_interrupt,
+    bench_latency,
+    bench_memory,
+    bench_voice,
+    bench_wire,
+)
 from bench.common import ROOT, Row, machine, table
 
 Suite = Callable[[str], list[Row]]
@@ -53,6 +62,9 @@ SUITES: dict[str, Suite] = {
     ),
     "memory": lambda m: bench_memory.run(_count(m, 1000, 200, 20)),
     "voice": lambda m: bench_voice.run(m != "full", skip_capacity=m == "smoke"),
+    "avatars": lambda m: asyncio.run(
+        bench_avatar_providers.run(_count(m, 10, 5, 2), size(m, 5.0, 3.0, 1.0), _count(m, 12, 6, 2))
+    ),
 }
 # The component benchmarks, each a script of its own: (arguments, smoke run's arguments).
 COMPONENTS = (

@@ -28,6 +28,7 @@ from tests.fakes.webrtc import IDLE_LEVEL, loopback_ice
 from tests.wire import Conversation, arms, is_terminal
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
+from tth_server import registry
 from tth_server.config import ConfigError
 
 SHORT = "Hi. Good to see you, my friend."
@@ -212,6 +213,70 @@ async def test_three_turns_use_one_provider_session(
     assert fake.interrupts == 0
 
 
+async def until(condition: Any, timeout_s: float = 5.0) -> None:
+    """Wait for `condition()` to hold (a fake's counter reaching a value), failing after `timeout_s`."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110 (the fakes' counters are plain ints, set in their own tasks)
+            await asyncio.sleep(0.02)
+
+
+async def test_with_connect_session_start_the_provider_is_ready_before_the_first_turn_and_closed_with_the_session(
+    provider: Provider, fake: Fake, start_server: ServerFactory
+) -> None:
+    server = await start_server(**profile(provider, fake, connect="session_start"))
+    async with converse(server.port) as conv:
+        await until(lambda: fake.sessions_started == 1)  # no turn yet: the stream's start opened it
+        assert fake.session_requests == 1
+        for text in ("Hello", "And again"):
+            events = await turn(conv, text)
+            assert avatar_timing(events).adapter == provider.adapter and not avatar_timing(events).fallback_used
+        assert fake.sessions_ended == 0
+        assert await conv.finish() == grpc.StatusCode.OK
+        await until(lambda: fake.sessions_ended == 1)
+    assert (fake.session_requests, fake.sessions_started) == (1, 1)
+
+
+async def test_with_connect_first_turn_the_provider_is_not_asked_before_the_first_turn(
+    provider: Provider, fake: Fake, start_server: ServerFactory
+) -> None:
+    server = await start_server(**profile(provider, fake, connect="first_turn"))
+    async with converse(server.port) as conv:
+        await asyncio.sleep(0.5)  # what session_start takes here is ~0.1 s
+        assert (fake.session_requests, fake.sessions_started) == (0, 0)
+        for text in ("Hello", "And again"):
+            events = await turn(conv, text)
+            assert avatar_timing(events).adapter == provider.adapter and not avatar_timing(events).fallback_used
+        assert (fake.session_requests, fake.sessions_started, fake.sessions_ended) == (1, 1, 0)
+        assert await conv.finish() == grpc.StatusCode.OK
+        await until(lambda: fake.sessions_ended == 1)
+
+
+async def test_a_failed_connect_at_session_start_is_the_first_turns_failure_and_an_open_circuit_skips_it(
+    provider: Provider, fake: Fake, start_server: ServerFactory
+) -> None:
+    fake.session_status, fake.retry_after = 429, "30"  # too long to wait: not retried
+    config = profile(provider, fake, connect="session_start")
+    config["router"]["breaker"] = {"failure_threshold": 1, "cooldown_s": 60}
+    server = await start_server(**config)
+    async with converse(server.port) as conv:  # the stream starts at once, whatever the provider says
+        await until(lambda: fake.session_requests == 1)
+        events = await turn(conv)
+        assert avatar_timing(events).adapter == "stub_avatar" and avatar_timing(events).fallback_used
+    assert fake.session_requests == 1  # the turn took the failure from the start, and asked no second time
+    async with asyncio.timeout(5), converse(server.port) as conv:  # the circuit is open: no connect, the local face
+        events = await turn(conv)
+        assert avatar_timing(events).adapter == "stub_avatar"
+    assert fake.session_requests == 1
+
+
+def test_an_unknown_connect_mode_fails_at_start_naming_the_option_and_its_values() -> None:
+    with pytest.raises(ConfigError) as raised:
+        registry.create("avatar", "simli_avatar", {"connect": "eager"}, "components.avatar")
+    assert str(raised.value) == (
+        "components.avatar: simli_avatar: options.connect must be one of session_start, first_turn, got 'eager'"
+    )
+
+
 async def test_barge_in_stops_the_providers_speech_and_no_old_frame_follows_the_interrupt(
     provider: Provider, fake: Fake, start_server: ServerFactory
 ) -> None:
@@ -232,6 +297,26 @@ async def test_barge_in_stops_the_providers_speech_and_no_old_frame_follows_the_
     assert after[cut].turn_id == first
     assert not [e for e in after[cut:] if e.turn_id == first and e.WhichOneof("event") in ("video", "audio")]
     assert fake.interrupts >= 1 and fake.sessions_started == 1
+
+
+async def test_an_interrupt_stops_the_providers_speech_and_the_next_turn_starts_clean(
+    provider: Provider, fake: Fake, start_server: ServerFactory
+) -> None:
+    server = await start_server(**profile(provider, fake, LONG, session={"max_lead_ms": 300}))
+    async with converse(server.port) as conv:
+        await conv.say("Tell me a story")
+        seen: list[pb.ConverseResponse] = []
+        while len(videos(seen)) < 10:
+            seen.append(await conv.next())
+        await conv.interrupt()
+        rest = await conv.until_terminal()
+        cut = rest[-1]
+        assert cut.WhichOneof("event") == "turn_interrupted" and cut.turn_id == seen[0].turn_id
+        assert fake.interrupts == 1
+        events = await turn(conv, "Hello")  # the provider dropped the story: the new turn is its own from frame 0
+    assert arms(events)[-1] == "turn_complete" and videos(events)[0].frame_index == 0
+    assert avatar_timing(events).adapter == provider.adapter and not avatar_timing(events).fallback_used
+    assert fake.sessions_started == 1
 
 
 FAULTS = {
@@ -287,6 +372,25 @@ async def test_a_session_simli_ended_for_idleness_is_reopened_on_the_next_turn(s
         async with converse(server.port) as conv:
             assert arms(await turn(conv))[-1] == "turn_complete"
             await asyncio.sleep(0.6)
+            events = await turn(conv)
+    finally:
+        await fake.aclose()
+    assert avatar_timing(events).adapter == provider.adapter and not avatar_timing(events).fallback_used
+    assert fake.sessions_started == 2
+
+
+async def test_a_session_anam_ended_at_its_length_limit_is_reopened_on_the_next_turn(
+    start_server: ServerFactory,
+) -> None:
+    provider = PROVIDERS["anam"]
+    fake = anam.FakeAnam(end_after_s=1.0)
+    await fake.start()
+    try:
+        server = await start_server(**profile(provider, fake, connect="first_turn"))
+        async with converse(server.port) as conv:
+            assert arms(await turn(conv))[-1] == "turn_complete"
+            await until(lambda: fake.sessions_ended == 1)
+            fake.end_after_s = None  # the next session is left to run
             events = await turn(conv)
     finally:
         await fake.aclose()

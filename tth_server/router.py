@@ -50,6 +50,7 @@ from typing import Any, Generic, TypeVar
 from adapters.base import (
     Adapter,
     AvatarAdapter,
+    AvatarConnections,
     AvatarInput,
     Capabilities,
     ControlMapping,
@@ -585,6 +586,22 @@ class RoutedAvatar(_Routed, AvatarAdapter):
     def __init__(self, chain: Chain) -> None:
         AvatarAdapter.__init__(self, chain.providers[0].adapter.name, {})
         self._setup(chain)
+
+    def session_started(self, connections: AvatarConnections) -> bool:
+        """Open the session's connection ahead for the provider expected to serve its first turn.
+
+        Only while that provider's circuit is closed: with it open, the first turn
+        goes to the fallback; half-open, the first turn is the trial. A failure
+        to connect is not counted here: the first turn meets it as its own first
+        attempt (`AvatarConnections.connection`), so the breaker counts it once
+        and the router retries or falls back as for any other failure.
+        """
+        provider = self.chain.first_available()
+        if provider.breaker.state is not BreakerState.CLOSED:
+            return False
+        avatar = provider.adapter
+        assert isinstance(avatar, AvatarAdapter)
+        return avatar.session_started(connections)
 
     async def render(self, audio: AsyncIterator[AvatarInput], settings: RenderSettings) -> AsyncIterator[VideoFrame]:
         tape: _Tape[AvatarInput] = _Tape(audio)

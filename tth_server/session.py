@@ -275,6 +275,8 @@ class Session:
             attachment = Attachment(self.replay.last_seq if after is None else after, 0, resumed)
         self._attachment = attachment
         self.last_request = time.monotonic()  # attaching is activity: the idle limit starts over
+        if not self.ending:  # a provider avatar with `connect: session_start` opens its connection now
+            self.runtime.pipeline.stages.avatar.session_started(self.avatars)
         return attachment
 
     def detach(self, attachment: Attachment) -> None:

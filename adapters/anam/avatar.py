@@ -19,6 +19,7 @@ the first frame after its copy of our audio turns audible on the returned audio
 track (`adapters.webrtc`). Options:
 
     avatar_id: (or ANAM_AVATAR_ID)   the face; required
+    connect: session_start           or first_turn: when the session's connection opens
     api_key_env: ANAM_API_KEY        the variable holding the key
     base_url: https://api.anam.ai    or ANAM_BASE_URL
     sample_rate_hz: 24000            the rate our speech is sent at (16000-24000)

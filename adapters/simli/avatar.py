@@ -13,13 +13,15 @@ The protocol, as Simli's docs and its Python SDK (`simli-ai`, P2P transport) use
    end the session (its `maxIdleTime` and `maxSessionLength` included).
 
 Video (and Simli's copy of the audio) comes back on the peer connection. The
-session opens on the TTH session's first turn and is kept; one that Simli ended
-is reopened on the next turn. Frames are placed on the turn's clock from `SPEAK`
-on by their own timestamps (`adapters.webrtc`).
+session opens when the TTH session starts (or on its first turn, `connect:
+first_turn`) and is kept; one that Simli ended is reopened on the next turn.
+Frames are placed on the turn's clock from `SPEAK` on by their own timestamps
+(`adapters.webrtc`).
 
 Options:
 
     face_id: (or SIMLI_FACE_ID)      the face to use; required
+    connect: session_start           or first_turn: when the session's connection opens
     api_key_env: SIMLI_API_KEY       the variable holding the key (never put the key in YAML)
     base_url: https://api.simli.ai   or SIMLI_BASE_URL; the WebSocket is the same host (ws/wss)
     ws_url: (from base_url)          the signalling host, where it is not the API's (a proxy, the tests' fake)
@@ -32,6 +34,7 @@ Options:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -50,6 +53,7 @@ from tth_server.logs import log
 
 SAMPLE_RATE_HZ = 16_000
 _MAX_MESSAGE_BYTES = 6000  # what the SDK sends at most per WebSocket message
+_SILENT_WAIT_S = 0.5  # how long a turn waits for the last one's SILENT (one or two frames, as a rule)
 
 
 def _category(message: str) -> ErrorCategory:
@@ -88,6 +92,8 @@ class SimliConnection(WebRTCConnection):
         self._secrets = secrets
         self._closing_reason = ""
         self._reader: asyncio.Task[None] | None = None
+        self._silent = asyncio.Event()  # between SILENT (or START) and SPEAK
+        self._silent.set()
 
     def listen(self) -> None:
         self._reader = asyncio.get_running_loop().create_task(self._read())
@@ -105,7 +111,10 @@ class SimliConnection(WebRTCConnection):
     def on_message(self, text: str) -> None:
         head = text.upper()
         if head.startswith("SPEAK"):
+            self._silent.clear()
             self.started_speaking(asyncio.get_running_loop().time())
+        elif head.startswith("SILENT"):
+            self._silent.set()
         elif head.startswith(("ERROR", "RATE")):
             detail = redact(text.partition(":")[2].strip() or text, self._secrets)
             self.fail(f"Simli error: {detail}", _category(text))
@@ -122,6 +131,17 @@ class SimliConnection(WebRTCConnection):
             self.fail("signalling socket closed")
             assert self.error is not None
             raise self.error from None
+
+    async def before_turn(self) -> None:
+        """A turn right after one that was cut (SKIP) or had just ended waits for SILENT, at most 0.5 s.
+
+        Simli says SPEAK when the face goes from silent to speaking: audio sent while
+        it still plays (or has just dropped) the last turn's would get no SPEAK of
+        its own, and the turn would never find its first frame.
+        """
+        if not self._silent.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._silent.wait(), _SILENT_WAIT_S)
 
     async def send_audio(self, pcm: bytes) -> None:
         for i in range(0, len(pcm), _MAX_MESSAGE_BYTES):

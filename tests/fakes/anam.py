@@ -15,11 +15,14 @@ Written from Anam's docs and the `anam` SDK:
 Video is `SpeakingFace` (brightness follows the audio level) and the audio track
 sends back what the face played (`PlayedAudio`). Fault knobs: `session_status`
 (+ `retry_after`, for the first `fault_times`), `drop_after_frames`,
-`error_after_frames` (an `endsession` with an error reason), `mute`.
+`error_after_frames` (an `endsession` with an error reason), `mute`, `end_after_s`
+(the engine ends the session that long after it is ready, as at
+`maxSessionLengthSeconds`, with a length-limit reason).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -50,9 +53,11 @@ class FakeAnam(FakeProvider):
     drop_after_frames: int | None = None
     error_after_frames: int | None = None
     mute: bool = False
+    end_after_s: float | None = None
     session_requests: int = 0
     session_bodies: list[dict[str, Any]] = field(default_factory=list)
     sessions_started: int = 0
+    sessions_ended: int = 0  # signalling sockets closed, by either side
     interrupts: int = 0
     audio_bytes: int = 0
     audio_rates: set[int] = field(default_factory=set)
@@ -134,6 +139,12 @@ class FakeAnam(FakeProvider):
             if spoke and self.drop_after_frames is not None and n == self.drop_after_frames:
                 ws.transport.abort()  # the peer closes when the handler sees it, not from inside its own sender
 
+        async def end_later(delay_s: float) -> None:
+            await asyncio.sleep(delay_s)
+            await ws.send(send("endsession", "max session length reached"))
+            await ws.close()
+
+        ender: asyncio.Task[None] | None = None
         face = SpeakingFace(24000, speaking, on_frame)
         face.muted = self.mute
         pc.addTrack(face)
@@ -160,6 +171,8 @@ class FakeAnam(FakeProvider):
                     await ws.send(send("answer", {"sdp": local.sdp, "type": local.type}))
                     await ws.send(send("sessionready", {}))
                     self.sessions_started += 1
+                    if self.end_after_s is not None:
+                        ender = asyncio.get_running_loop().create_task(end_later(self.end_after_s))
                 elif action == "agentaudioinput":
                     pcm = base64.b64decode(payload["audioData"])
                     self.audio_rates.add(int(payload["sampleRate"]))
@@ -172,4 +185,7 @@ class FakeAnam(FakeProvider):
                 elif action == "endsession":
                     return
         finally:
+            if ender is not None:
+                ender.cancel()
+            self.sessions_ended += 1
             await pc.close()

@@ -57,6 +57,7 @@ class FakeSimli(FakeProvider):
     session_requests: int = 0
     session_bodies: list[dict[str, Any]] = field(default_factory=list)
     sessions_started: int = 0
+    sessions_ended: int = 0  # signalling sockets closed, by either side
     interrupts: int = 0  # SKIPs
     audio_bytes: int = 0
     messages: list[str] = field(default_factory=list)
@@ -153,6 +154,7 @@ class FakeSimli(FakeProvider):
             self.sessions_started += 1
             await self._play(ws, face, float(config.get("maxIdleTime", 30)))
         finally:
+            self.sessions_ended += 1
             await pc.close()
 
     async def _play(self, ws: ServerConnection, face: SpeakingFace, max_idle_s: float) -> None:

@@ -79,6 +79,11 @@ class SpeakingFace(MediaStreamTrack):
         self.speaking_frames = 0
         self.played = bytearray()  # what it has played, for a provider that sends its copy of the audio back
 
+    @property
+    def speaking(self) -> bool:
+        """The last frame sent showed speech."""
+        return self._speaking
+
     def clear(self) -> None:
         """SKIP / interrupt: drop what has not played."""
         self.audio.clear()
