@@ -107,9 +107,12 @@ class Turn:
         *,
         sample_rate_hz: int = 0,
         interrupt: Callable[[Turn, float | None], Awaitable[None]] | None = None,
+        request_id: str = "",
     ) -> None:
         self.text = text
         """The user text that started the turn."""
+        self.request_id = request_id
+        """The `request_id` the text was sent with; the server echoes it on every event of the turn."""
         self.turn_id = ""
         """The server's id for the turn, known from its first event on."""
         self._sample_rate_hz = sample_rate_hz
