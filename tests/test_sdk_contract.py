@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
 import tth_client
 from tests.conftest import ServerFactory
 from tth_client import ErrorEvent, Outcome, Session
+from tth_client._exceptions import status_error
 
 UNPACED = {"session": {"max_lead_ms": 1_000_000, "outbox_capacity": 100_000}, "log": {"level": "warning"}}
 
@@ -75,3 +77,77 @@ async def test_a_request_id_over_64_characters_or_used_twice_is_refused_before_s
         with pytest.raises(tth_client.InvalidArgumentError, match="already used"):
             session.say("Hi", request_id="same")
         assert (await first).outcome is Outcome.COMPLETED
+
+
+# ---- errors with hints that fit ------------------------------------------------------------------------------------
+
+
+async def test_a_session_limit_raises_resource_exhausted_with_retry_after_s_from_the_trailer(
+    start_server: ServerFactory,
+) -> None:
+    server = await start_server(**UNPACED, limits={"max_sessions": 1})
+    target = f"127.0.0.1:{server.port}"
+    async with Session(target):
+        with pytest.raises(tth_client.ResourceExhaustedError, match=r"limits\.max_sessions") as err:
+            await Session(target, reconnect=False).open()
+        async with tth_client.Client(target) as client:
+            with pytest.raises(tth_client.ResourceExhaustedError) as generate:
+                await client.generate("Hi")
+    assert err.value.retry_after_s == 5.0 and generate.value.retry_after_s == pytest.approx(5.0, abs=0.01)
+    assert "wait and retry" in str(err.value)
+
+
+async def test_a_text_refused_by_the_turn_rate_limit_raises_with_retry_after_s(start_server: ServerFactory) -> None:
+    server = await start_server(**UNPACED, limits={"turns_per_minute_per_key": 1})
+    async with Session(f"127.0.0.1:{server.port}") as session:
+        assert (await session.say("One")).outcome is Outcome.COMPLETED
+        refused = await session.say("Two")
+    with pytest.raises(tth_client.ResourceExhaustedError) as err:  # and, as before, a TurnFailedError
+        refused.raise_for_outcome()
+    assert isinstance(err.value, tth_client.TurnFailedError) and isinstance(
+        err.value, tth_client.TurnResourceExhaustedError
+    )
+    assert err.value.retry_after_s is not None and 0 < err.value.retry_after_s <= 60.001
+    assert err.value.retry_after_s == refused.error.retry_after_ms / 1000  # type: ignore[union-attr]
+
+
+def test_an_exception_without_advice_has_no_retry_after() -> None:
+
+    error = status_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "unread events", "t")
+    assert isinstance(error, tth_client.ResourceExhaustedError) and error.retry_after_s is None
+
+
+async def test_resuming_after_events_no_longer_held_raises_resume_out_of_range_with_what_to_do(
+    start_server: ServerFactory,
+) -> None:
+    server = await start_server(session={**UNPACED["session"], "replay_events": 8}, log={"level": "warning"})
+    target = f"127.0.0.1:{server.port}"
+    async with Session(target) as first:
+        await first.say("Hello, tell me something long enough to send more than eight events.")
+        late = Session(target, session_id=first.session_id, resume_after_seq=1)
+        with pytest.raises(tth_client.ResumeOutOfRangeError, match="too old") as err:
+            await late.open()
+        assert (await first.say("Still mine?")).outcome is Outcome.COMPLETED  # a refused resume takes nothing
+    assert isinstance(err.value, tth_client.InvalidArgumentError)  # as OUT_OF_RANGE was before
+    assert err.value.field == "resume_after_seq" and "start a new session" in err.value.hint
+    assert "change the field" not in str(err.value)
+
+
+async def test_a_session_resumed_elsewhere_ends_here_with_session_taken_over(start_server: ServerFactory) -> None:
+    server = await start_server(session={"max_lead_ms": 100}, log={"level": "warning"})
+    target = f"127.0.0.1:{server.port}"
+    async with Session(target) as first:
+        await first.say("Hello")
+        running = first.say("Now talk for a while, as long as you like, about anything at all.")
+        async for event in running:
+            if isinstance(event, tth_client.AudioEvent):
+                break
+        async with Session(target, session_id=first.session_id, resume_after_seq=first.last_seq) as second:
+            with pytest.raises(tth_client.SessionTakenOverError) as err:
+                await running
+            with pytest.raises(tth_client.SessionTakenOverError):
+                async for _ in first:
+                    pass
+            await second.interrupt()
+            assert (await second.say("Hi, it is me now")).outcome is Outcome.COMPLETED
+    assert isinstance(err.value, tth_client.StatusError) and "take it back" in err.value.hint

@@ -115,6 +115,7 @@ class Session:
         reconnect: bool = True,
         reconnect_timeout_s: float = 30.0,
         portrait: bytes | None = None,
+        resume_after_seq: int | None = None,
     ) -> None:
         """Describe the session; nothing is sent until it is opened.
 
@@ -139,6 +140,10 @@ class Session:
             portrait: A JPEG or PNG photo to be the session's face, for a server whose avatar
                 animates photos; one it cannot use makes opening raise `InvalidArgumentError`
                 naming the problem (no face, two faces, too small, too large, not an image).
+            resume_after_seq: With `session_id`: resume that session after the event with this seq (another
+                Session's `last_seq`), taking it over from a stream still attached, which then raises
+                `SessionTakenOverError`. Opening raises `ResumeOutOfRangeError` when the events after it are no
+                longer held. None attaches without replay, and only to a session no stream holds.
         """
         self._connection = Connection.resolve(
             target,
@@ -158,6 +163,8 @@ class Session:
             batch_media=True,  # the same events in several times fewer messages; unpacked in _dispatch
             portrait=portrait or b"",
         )
+        if resume_after_seq is not None:
+            self._config.resume_after_seq = resume_after_seq
         self._open_timeout_s = open_timeout_s
         self._reconnect = reconnect
         self._reconnect_timeout_s = reconnect_timeout_s
@@ -205,6 +212,11 @@ class Session:
         return self._connection.target
 
     @property
+    def last_seq(self) -> int:
+        """The seq of the last event received: where another Session resumes this one (`resume_after_seq`)."""
+        return self._last_seq
+
+    @property
     def is_open(self) -> bool:
         """True between a successful `open()` and the end of the stream."""
         return self._call is not None and self._ended is None
@@ -227,7 +239,7 @@ class Session:
             await self._release()
             raise
         self.session_id, self.started = event.session_id, event.started
-        self._last_seq = event.seq
+        self._last_seq = event.seq or self._config.resume_after_seq  # a resumed stream's `started` is seq 0
         self._stream.append(event)
         loop = asyncio.get_running_loop()
         self._reader = loop.create_task(self._read(), name=f"tth session {self.session_id} reader")
@@ -265,8 +277,8 @@ class Session:
             raise StatusError(f"{self.target} sent {type(event).__name__} before `started`; is it a TTH server?")
         return call, event
 
-    async def _resume(self) -> bool:
-        """Reattach after a dropped stream; False when the session cannot be resumed in time."""
+    async def _resume(self) -> tuple[bool, StatusError | None]:
+        """Reattach after a dropped stream: (True, None) once resumed; (False, the refusal or None on a timeout)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._reconnect_timeout_s
         delay = 0.05
@@ -278,14 +290,14 @@ class Session:
                 pass  # the server is still out of reach
             except StatusError as exc:
                 if exc.code is not grpc.StatusCode.UNAVAILABLE:
-                    return False  # gone for good: unknown, expired, or its events no longer held
+                    return False, exc  # gone for good: unknown or expired, or its events no longer held
             else:
                 self.resumes += 1
                 self._publish(event)
-                return True
+                return True, None
             await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
             delay = min(delay * 2, 1.0)
-        return False
+        return False, None
 
     async def close(self, timeout_s: float | None = 30.0) -> None:
         """Half-close and wait for the server to end the call.
@@ -508,16 +520,21 @@ class Session:
                 if code is grpc.StatusCode.OK:
                     self._end(ClosedError("the server ended the session before the turn's terminal event"))
                     return
-                error: TTHError = status_error(code, await self._call.details(), self.target)
+                details, trailers = await self._call.details(), await self._call.trailing_metadata()
+                error: TTHError = status_error(code, details, self.target, trailers)
             except grpc.RpcError as exc:
                 code, error = exc.code(), from_rpc_error(exc, self.target)
             except asyncio.CancelledError:
                 self._end(ClosedError("the session was aborted before the turn ended; its remaining events are lost"))
                 raise
             resumable = code is grpc.StatusCode.UNAVAILABLE and self._reconnect and not self._closing
-            if not (resumable and await self._resume()):
-                self._end(error, broken=True)
-                return
+            if resumable:
+                resumed, refusal = await self._resume()
+                if resumed:
+                    continue
+                error = refusal or error  # why it cannot go on: the refusal (a ResumeOutOfRangeError ...), if any
+            self._end(error, broken=True)
+            return
 
     def _dispatch(self, response: pb.ConverseResponse) -> None:
         if response.seq:

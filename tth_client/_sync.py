@@ -128,6 +128,7 @@ class SyncSession:
         reconnect: bool = True,
         reconnect_timeout_s: float = 30.0,
         portrait: bytes | None = None,
+        resume_after_seq: int | None = None,
     ) -> None:
         self._loop: _Loop | None = None
         self._owns_loop = True
@@ -151,6 +152,7 @@ class SyncSession:
                 reconnect=reconnect,
                 reconnect_timeout_s=reconnect_timeout_s,
                 portrait=portrait,
+                resume_after_seq=resume_after_seq,
             )
 
         self._factory: Callable[[], Session] = factory
