@@ -33,7 +33,7 @@ from tth_server.config import ConfigError, StoreSettings, load_config
 from tth_server.controls import ControlPatch, EmotionLabel
 from tth_server.media import RenderSettings
 from tth_server.pipeline import SegmentPolicy
-from tth_server.store import MemoryStore, RedisStore, SessionRecord, SessionStore
+from tth_server.store import MemoryStore, RedisStore, SessionRecord, SessionStore, StoreError
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = "redis-server is not installed: run scripts/redis.sh install (apt-get install -y redis-server)"
@@ -104,6 +104,18 @@ def _record(session_id: str) -> SessionRecord:
         last_seq=42,
         running_turn_id="t-1",
     )
+
+
+def test_a_record_saved_before_request_ids_still_loads_and_one_from_a_newer_version_too() -> None:
+    record = _record("s-old")
+    data = json.loads(record.to_json())
+    assert data["format"] == 2 and data["running_request_id"] == ""
+    old = {k: v for k, v in data.items() if k != "running_request_id"} | {"format": 1}  # as format 1 wrote it
+    assert SessionRecord.from_json(json.dumps(old), 3) == replace(record, epoch=3)
+    newer = data | {"running_request_id": "r-9", "a_field_of_a_later_version": [1]}
+    assert SessionRecord.from_json(json.dumps(newer), 0) == replace(record, running_request_id="r-9")
+    with pytest.raises(StoreError, match="unknown format"):
+        SessionRecord.from_json(json.dumps(data | {"format": 99}), 0)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -294,7 +306,7 @@ async def test_a_session_goes_on_on_another_replica_after_its_own_is_killed(
     await conv.say("Hello there")
     assert "You are Sam. I remember 0 messages" in (await conv.until_terminal())[-1].turn_complete.text
     await conv.update(label="sad", speech_rate=0.8)
-    await conv.say("Tell me something slowly")  # this turn dies with its replica
+    await conv.say("Tell me something slowly", request_id="slow-1")  # this turn dies with its replica
     lost_turn = (await conv.until("audio")).turn_id
     last = conv.events[-1].seq
     a.proc.send_signal(signal.SIGKILL)
@@ -309,6 +321,7 @@ async def test_a_session_goes_on_on_another_replica_after_its_own_is_killed(
     lost = await resumed.next()  # the dead replica's turn gets its one terminal event here
     assert is_terminal(lost) and lost.turn_id == lost_turn and lost.seq == started.started.resumed.last_seq + 1
     assert lost.error.code == pb.ERROR_CODE_UNAVAILABLE and lost.error.retryable
+    assert lost.request_id == "slow-1"  # kept in the store with the running turn
 
     await resumed.say("What do you remember?")
     events = await resumed.until_terminal()

@@ -43,14 +43,18 @@ class Conversation:
         await self.call.write(pb.ConverseRequest(config=pb.SessionConfig(**config)))
         return await self.next()
 
-    async def say(self, text: str, **controls: Any) -> None:
-        await self.call.write(pb.ConverseRequest(text=pb.UserText(text=text, control=control(**controls))))
+    async def say(self, text: str, request_id: str = "", **controls: Any) -> None:
+        user_text = pb.UserText(text=text, control=control(**controls), request_id=request_id)
+        await self.call.write(pb.ConverseRequest(text=user_text))
 
-    async def update(self, **controls: Any) -> None:
-        await self.call.write(pb.ConverseRequest(control=pb.ControlUpdate(control=control(**controls))))
+    async def update(self, request_id: str = "", **controls: Any) -> None:
+        update = pb.ControlUpdate(control=control(**controls), request_id=request_id)
+        await self.call.write(pb.ConverseRequest(control=update))
 
-    async def interrupt(self, played_ms: int | None = None) -> None:
-        interrupt = pb.Interrupt() if played_ms is None else pb.Interrupt(played_ms=played_ms)
+    async def interrupt(self, played_ms: int | None = None, request_id: str = "") -> None:
+        interrupt = pb.Interrupt(request_id=request_id)
+        if played_ms is not None:
+            interrupt.played_ms = played_ms
         await self.call.write(pb.ConverseRequest(interrupt=interrupt))
 
     async def next(self) -> pb.ConverseResponse:

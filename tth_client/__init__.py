@@ -39,10 +39,13 @@ from tth_client._exceptions import (
     InvalidControlError,
     NotFoundError,
     ResourceExhaustedError,
+    ResumeOutOfRangeError,
+    SessionTakenOverError,
     StatusError,
     TimeoutError,
     TTHError,
     TurnFailedError,
+    TurnResourceExhaustedError,
 )
 from tth_client._media import save
 from tth_client._session import Session
@@ -71,7 +74,9 @@ __all__ = [
     "NoticeEvent",
     "Outcome",
     "ResourceExhaustedError",
+    "ResumeOutOfRangeError",
     "Session",
+    "SessionTakenOverError",
     "StartedEvent",
     "StatusError",
     "SyncClient",
@@ -84,6 +89,7 @@ __all__ = [
     "TurnCompleteEvent",
     "TurnFailedError",
     "TurnInterruptedEvent",
+    "TurnResourceExhaustedError",
     "TurnResult",
     "VideoEvent",
     "__version__",

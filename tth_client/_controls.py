@@ -16,7 +16,19 @@ from tth_client._exceptions import InvalidArgumentError, InvalidControlError
 from tth_client._limits import CONTROL_RANGES, out_of_range, range_text
 from tth_client.v1 import controls_pb2 as cpb
 
-__all__ = ["Controls", "EmotionName", "LatencyName", "check_text", "render_options", "turn_control"]
+__all__ = [
+    "MAX_REQUEST_ID_CHARS",
+    "Controls",
+    "EmotionName",
+    "LatencyName",
+    "check_request_id",
+    "check_text",
+    "render_options",
+    "turn_control",
+]
+
+MAX_REQUEST_ID_CHARS = 64
+"""The longest `request_id` the server accepts on a text, control update or interrupt."""
 
 EmotionName = Literal["neutral", "happy", "sad", "angry", "surprised", "fearful", "disgusted"]
 LatencyName = Literal["low", "balanced", "quality"]
@@ -41,6 +53,17 @@ class Controls(TypedDict, total=False):
     pitch_shift: float
     expressivity: float
     motion_gain: float
+
+
+def check_request_id(request_id: str) -> str:
+    """`request_id`, or InvalidArgumentError when it is longer than the server accepts."""
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise InvalidArgumentError(
+            f"request_id is {len(request_id)} characters; the limit is {MAX_REQUEST_ID_CHARS}",
+            field="request_id",
+            hint="use a shorter id",
+        )
+    return request_id
 
 
 def check_text(text: str) -> str:

@@ -13,7 +13,7 @@ small beside decoding a media message.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from tth_client.v1 import conversation_pb2 as pb
@@ -43,6 +43,9 @@ class _Envelope:
     """The turn the event belongs to; "" for session-level events."""
     seq: int
     """Position of the event in its stream, counting from 1."""
+    request_id: str = field(default="", kw_only=True)
+    """The `request_id` of the request the event answers: for a turn's events, that of the text that started
+    the turn; for a session-level error, that of the request it refuses; "" when none (and for `Generate`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +158,13 @@ def event_from_response(response: pb.ConverseResponse | pb.GenerateResponse) -> 
     cls = _ARMS.get(arm) if arm else None
     if cls is None:
         return None
-    return cls(_session_id(response), response.turn_id, response.seq, getattr(response, arm))  # type: ignore[arg-type]
+    return cls(
+        _session_id(response),
+        response.turn_id,
+        response.seq,
+        getattr(response, arm),  # type: ignore[arg-type]
+        request_id=_request_id(response),
+    )
 
 
 def events_from_response(response: pb.ConverseResponse | pb.GenerateResponse) -> list[Event]:
@@ -167,11 +176,11 @@ def events_from_response(response: pb.ConverseResponse | pb.GenerateResponse) ->
         return [] if event is None else [event]
     items: list[mpb.AudioChunk | mpb.VideoFrame] = [*response.media.audio, *response.media.video]
     media = sorted(items, key=_media_time)  # stable: audio first
-    sid, tid, first = _session_id(response), response.turn_id, response.seq - len(media) + 1
+    sid, tid, first, rid = _session_id(response), response.turn_id, response.seq - len(media) + 1, _request_id(response)
     return [
-        AudioEvent(sid, tid, first + i, item)
+        AudioEvent(sid, tid, first + i, item, request_id=rid)
         if isinstance(item, mpb.AudioChunk)
-        else VideoEvent(sid, tid, first + i, item)
+        else VideoEvent(sid, tid, first + i, item, request_id=rid)
         for i, item in enumerate(media)
     ]
 
@@ -179,6 +188,10 @@ def events_from_response(response: pb.ConverseResponse | pb.GenerateResponse) ->
 def _session_id(response: pb.ConverseResponse | pb.GenerateResponse) -> str:
     """A Converse response's session; "" for Generate, which runs without one."""
     return response.session_id if isinstance(response, pb.ConverseResponse) else ""
+
+
+def _request_id(response: pb.ConverseResponse | pb.GenerateResponse) -> str:
+    return response.request_id if isinstance(response, pb.ConverseResponse) else ""
 
 
 def _media_time(item: mpb.AudioChunk | mpb.VideoFrame) -> float:

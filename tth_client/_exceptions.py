@@ -8,12 +8,17 @@
     │   ├── InvalidArgumentError  a request field is invalid (`.field` names it): the SDK's own check before
     │   │   │                     sending, the server's INVALID_ARGUMENT / OUT_OF_RANGE status, or its
     │   │   │                     in-stream refusal of that request; also a builtins.ValueError
-    │   │   └── InvalidControlError  the invalid field is a control: a range, an emotion name, a persona id
+    │   │   ├── InvalidControlError  the invalid field is a control: a range, an emotion name, a persona id
+    │   │   └── ResumeOutOfRangeError  OUT_OF_RANGE on a resume: the events after `resume_after_seq` are no
+    │   │                         longer held (or it is ahead of the session)
     │   ├── AuthenticationError   UNAUTHENTICATED or PERMISSION_DENIED: the API key was refused
     │   ├── NotFoundError         NOT_FOUND: for example attaching to an unknown or expired session
-    │   └── ResourceExhaustedError RESOURCE_EXHAUSTED: a server limit was reached
+    │   ├── SessionTakenOverError ABORTED: another stream resumed the session and this one lost it
+    │   └── ResourceExhaustedError RESOURCE_EXHAUSTED: a server limit was reached; `.retry_after_s`
+    │       └── TurnResourceExhaustedError  also a TurnFailedError: a turn (or its text) met a limit in-stream
     ├── TurnFailedError           a turn ended with an `error` event (raised by `TurnResult.raise_for_outcome()`);
-    │                             `.code` is the in-stream ErrorCode name, `.retryable`, `.retry_after_ms`
+    │                             `.code` is the in-stream ErrorCode name, `.retryable`, `.retry_after_ms`,
+    │                             `.retry_after_s`
     └── ClosedError               the session or call was closed; events not yet received are lost
 
 `str(error)` is always one line: what happened, then "Fix: ..." when there is
@@ -43,10 +48,13 @@ __all__ = [
     "InvalidControlError",
     "NotFoundError",
     "ResourceExhaustedError",
+    "ResumeOutOfRangeError",
+    "SessionTakenOverError",
     "StatusError",
     "TTHError",
     "TimeoutError",
     "TurnFailedError",
+    "TurnResourceExhaustedError",
     "from_rpc_error",
     "invalid_argument",
     "status_error",
@@ -114,8 +122,28 @@ class NotFoundError(StatusError):
     """The thing asked for does not exist, for example a session id to attach to."""
 
 
+class ResumeOutOfRangeError(InvalidArgumentError):
+    """A resume the session cannot serve: the events after `resume_after_seq` are no longer all held, or it is
+    ahead of the session's last event. Start a new session, or attach with `session_id` alone (no
+    `resume_after_seq`) to go on without the missing events."""
+
+
+class SessionTakenOverError(StatusError):
+    """Another stream resumed the session (ABORTED) and this one no longer has it; its events go there now."""
+
+
 class ResourceExhaustedError(StatusError):
-    """A server limit was reached; retry later or lower the load."""
+    """A server limit was reached; retry later or lower the load.
+
+    Attributes:
+        retry_after_s: Seconds the server advises waiting before trying again: from the
+            `retry-after-ms` trailer of a RESOURCE_EXHAUSTED status, or the in-stream error's
+            `retry_after_ms`; None when the server gave no advice (waiting would not help).
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, **kwargs: Any) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message, **kwargs)
 
 
 class TurnFailedError(TTHError):
@@ -125,6 +153,7 @@ class TurnFailedError(TTHError):
         turn_id: The failed turn's id; "" when the server rejected the text before a turn started.
         retryable: True when sending the same text again may succeed.
         retry_after_ms: When retryable, how long to wait first (0: no advice).
+        retry_after_s: The same in seconds, None when there is no advice.
     """
 
     def __init__(
@@ -134,6 +163,12 @@ class TurnFailedError(TTHError):
         self.retryable = retryable
         self.retry_after_ms = retry_after_ms
         super().__init__(message, code=code, details=message, hint=hint)
+        self.retry_after_s: float | None = retry_after_ms / 1000 if retry_after_ms else None
+
+
+class TurnResourceExhaustedError(TurnFailedError, ResourceExhaustedError):
+    """A turn, or the text that would have started it, met a limit in-stream (ERROR_CODE_RESOURCE_EXHAUSTED): a
+    turn rate limit or a provider's. Caught as either parent; `retry_after_s` is the error's `retry_after_ms`."""
 
 
 class ClosedError(TTHError):
@@ -177,7 +212,8 @@ _STATUS_CLASSES: dict[grpc.StatusCode, type[TTHError]] = {
     grpc.StatusCode.UNAVAILABLE: ConnectError,
     grpc.StatusCode.DEADLINE_EXCEEDED: TimeoutError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
-    grpc.StatusCode.OUT_OF_RANGE: InvalidArgumentError,
+    grpc.StatusCode.OUT_OF_RANGE: ResumeOutOfRangeError,  # the only OUT_OF_RANGE the server sends
+    grpc.StatusCode.ABORTED: SessionTakenOverError,  # the only ABORTED the server sends
     grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
     grpc.StatusCode.PERMISSION_DENIED: AuthenticationError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -196,18 +232,48 @@ def _hint(code: grpc.StatusCode, target: str) -> str:
         return "wait and retry, or lower the request rate"
     if code is grpc.StatusCode.NOT_FOUND:
         return "create the session again with CreateSession and attach within its attach timeout"
+    if code is grpc.StatusCode.OUT_OF_RANGE:
+        return (
+            "start a new session, or attach with session_id alone (no resume_after_seq) to go on without the "
+            "missing events; to resume without loss, resume sooner or from a later seq"
+        )
+    if code is grpc.StatusCode.ABORTED:
+        return (
+            "another client resumed this session and has it now; stop this one, or open a new Session with "
+            "session_id and resume_after_seq to take it back"
+        )
     return ""
 
 
-def status_error(code: grpc.StatusCode, details: str, target: str) -> TTHError:
-    """The SDK error for a call to `target` that ended with `code` and the server's `details`."""
+def retry_after_s(trailers: Any) -> float | None:
+    """Seconds from a status's `retry-after-ms` trailer (a decimal count of milliseconds); None when absent."""
+    for key, value in trailers or ():
+        if key == "retry-after-ms":
+            try:
+                return max(0.0, int(value) / 1000)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def status_error(code: grpc.StatusCode, details: str, target: str, trailers: Any = None) -> TTHError:
+    """The SDK error for a call to `target` that ended with `code`, the server's `details` and trailing metadata."""
     cls = _STATUS_CLASSES.get(code, StatusError)
     if cls is InvalidArgumentError:
         return invalid_argument(f"{target} refused the request: {details or 'no details'}", details, code)
+    if cls is ResumeOutOfRangeError:
+        message = f"{target} cannot resume the session there: {details or 'out of range'}"
+        return ResumeOutOfRangeError(
+            message, code=code, details=details, hint=_hint(code, target), field="resume_after_seq"
+        )
     if cls is ConnectError:
         message = f"cannot reach the TTH server at {target}: {details or 'unavailable'}"
     else:
         message = f"{target} answered {code.name}: {details or 'no details'}"
+    if cls is ResourceExhaustedError:
+        return ResourceExhaustedError(
+            message, code=code, details=details, hint=_hint(code, target), retry_after_s=retry_after_s(trailers)
+        )
     return cls(message, code=code, details=details, hint=_hint(code, target))
 
 
@@ -215,4 +281,5 @@ def from_rpc_error(error: grpc.RpcError, target: str) -> TTHError:
     """The SDK error for a failed gRPC call to `target`."""
     code = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN
     details = error.details() if callable(getattr(error, "details", None)) else ""
-    return status_error(code, details or "", target)
+    trailers = error.trailing_metadata() if callable(getattr(error, "trailing_metadata", None)) else None
+    return status_error(code, details or "", target, trailers)

@@ -6,17 +6,18 @@ sends requests in the order they were made. So `interrupt()` and
 `update_controls()` go out at once even while a turn's media is pouring in,
 and a slow consumer of one turn never stalls the stream's reading.
 
-How a `say()` finds its turn: the server handles requests in order and gives
-each accepted text a new turn id, so the first event with an unknown turn id
-belongs to the oldest `say()` still waiting for one. A text the server refuses
-(an unknown persona, a too long text, a turn rate limit, a server shutting down)
-gets no turn: it comes back as a session-level error, which ends that `say()`'s
-turn: an invalid argument makes awaiting it raise `InvalidArgumentError` (as the
-SDK's own checks do at `say()`), anything else makes it FAILED. The only other
-request of this SDK that can be refused is a control update, whose error names
-its field under `control.`; `update_controls()` checks everything the server would
-(a persona id against `ListModels`) before sending, so that one is rare and stays a
-session event.
+How a `say()` finds its turn: every text, control update and interrupt goes out
+with a `request_id` (the caller's, or one the SDK makes), and the server echoes
+the text's id on every event of the turn it starts, so the first event of an
+unknown turn id names the `say()` it answers. A text the server refuses (an
+unknown persona, a too long text, a turn rate limit, a server shutting down)
+gets no turn: it comes back as a session-level error carrying the text's id,
+which ends that `say()`'s turn: an invalid argument makes awaiting it raise
+`InvalidArgumentError` (as the SDK's own checks do at `say()`), anything else
+makes it FAILED. A refused control update or interrupt carries its own id, so it
+never ends a turn; it stays a session event. Against a server that echoes no
+ids (one older than `request_id`), turns are paired with texts in order, as the
+server handles requests in order.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import secrets
 from collections import deque
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -32,7 +34,7 @@ from typing import Any, Unpack
 import grpc
 
 from tth_client._channel import ChannelOptions, Connection
-from tth_client._controls import Controls, check_text, turn_control
+from tth_client._controls import Controls, check_request_id, check_text, turn_control
 from tth_client._events import (
     ErrorEvent,
     Event,
@@ -44,6 +46,7 @@ from tth_client._events import (
 from tth_client._exceptions import (
     ClosedError,
     ConnectError,
+    InvalidArgumentError,
     InvalidControlError,
     StatusError,
     TimeoutError,
@@ -112,6 +115,7 @@ class Session:
         reconnect: bool = True,
         reconnect_timeout_s: float = 30.0,
         portrait: bytes | None = None,
+        resume_after_seq: int | None = None,
     ) -> None:
         """Describe the session; nothing is sent until it is opened.
 
@@ -136,6 +140,10 @@ class Session:
             portrait: A JPEG or PNG photo to be the session's face, for a server whose avatar
                 animates photos; one it cannot use makes opening raise `InvalidArgumentError`
                 naming the problem (no face, two faces, too small, too large, not an image).
+            resume_after_seq: With `session_id`: resume that session after the event with this seq (another
+                Session's `last_seq`), taking it over from a stream still attached, which then raises
+                `SessionTakenOverError`. Opening raises `ResumeOutOfRangeError` when the events after it are no
+                longer held. None attaches without replay, and only to a session no stream holds.
         """
         self._connection = Connection.resolve(
             target,
@@ -155,6 +163,8 @@ class Session:
             batch_media=True,  # the same events in several times fewer messages; unpacked in _dispatch
             portrait=portrait or b"",
         )
+        if resume_after_seq is not None:
+            self._config.resume_after_seq = resume_after_seq
         self._open_timeout_s = open_timeout_s
         self._reconnect = reconnect
         self._reconnect_timeout_s = reconnect_timeout_s
@@ -166,7 +176,8 @@ class Session:
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._requests: asyncio.Queue[tuple[pb.ConverseRequest | None, asyncio.Future[None]]] = asyncio.Queue()
-        self._waiting: deque[Turn] = deque()  # said, no turn id yet (oldest first)
+        self._waiting: dict[str, Turn] = {}  # said, no turn id yet, by request_id (oldest first)
+        self._echoes_ids = False  # the server echoes request_id (it sent one back); else pair texts in order
         self._turns: dict[str, Turn] = {}  # running, by turn id
         self._latest: Turn | None = None
         self._stream: deque[Event] = deque()
@@ -201,6 +212,11 @@ class Session:
         return self._connection.target
 
     @property
+    def last_seq(self) -> int:
+        """The seq of the last event received: where another Session resumes this one (`resume_after_seq`)."""
+        return self._last_seq
+
+    @property
     def is_open(self) -> bool:
         """True between a successful `open()` and the end of the stream."""
         return self._call is not None and self._ended is None
@@ -223,7 +239,7 @@ class Session:
             await self._release()
             raise
         self.session_id, self.started = event.session_id, event.started
-        self._last_seq = event.seq
+        self._last_seq = event.seq or self._config.resume_after_seq  # a resumed stream's `started` is seq 0
         self._stream.append(event)
         loop = asyncio.get_running_loop()
         self._reader = loop.create_task(self._read(), name=f"tth session {self.session_id} reader")
@@ -261,8 +277,8 @@ class Session:
             raise StatusError(f"{self.target} sent {type(event).__name__} before `started`; is it a TTH server?")
         return call, event
 
-    async def _resume(self) -> bool:
-        """Reattach after a dropped stream; False when the session cannot be resumed in time."""
+    async def _resume(self) -> tuple[bool, StatusError | None]:
+        """Reattach after a dropped stream: (True, None) once resumed; (False, the refusal or None on a timeout)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._reconnect_timeout_s
         delay = 0.05
@@ -274,14 +290,14 @@ class Session:
                 pass  # the server is still out of reach
             except StatusError as exc:
                 if exc.code is not grpc.StatusCode.UNAVAILABLE:
-                    return False  # gone for good: unknown, expired, or its events no longer held
+                    return False, exc  # gone for good: unknown or expired, or its events no longer held
             else:
                 self.resumes += 1
                 self._publish(event)
-                return True
+                return True, None
             await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
             delay = min(delay * 2, 1.0)
-        return False
+        return False, None
 
     async def close(self, timeout_s: float | None = 30.0) -> None:
         """Half-close and wait for the server to end the call.
@@ -334,50 +350,80 @@ class Session:
 
     # ---- requests ----------------------------------------------------------------------------------------------
 
-    def say(self, text: str, *, control: cpb.TurnControl | None = None, **controls: Unpack[Controls]) -> Turn:
+    def say(
+        self,
+        text: str,
+        *,
+        control: cpb.TurnControl | None = None,
+        request_id: str | None = None,
+        **controls: Unpack[Controls],
+    ) -> Turn:
         """Start a turn for `text`; a running turn is interrupted first (barge-in).
 
         Returns the `Turn` at once (`async for event in turn`, `await turn`); the
         request is sent in order after those made before it. Controls given here
         apply to this turn only, above every other layer; see `turn_control()`.
+        `request_id` (at most 64 characters, unique within the session) is sent with
+        the text and comes back on every event of its turn (`event.request_id`,
+        `turn.request_id`), for matching with your own logs; None makes one.
 
         Raises:
             InvalidControlError: a control is out of its range or an emotion name is not known (nothing is sent).
                 Awaiting the turn raises it too when the server refuses a control, such as an unknown persona.
-            InvalidArgumentError: the text is empty (nothing is sent); awaiting the turn raises it when the
-                server refuses the text, such as one over its length limit.
+            InvalidArgumentError: the text is empty, or `request_id` too long or already waiting for its turn
+                (nothing is sent); awaiting the turn raises it when the server refuses the text, such as one over
+                its length limit.
             ClosedError: the session is not open.
         """
         self._check_open()
-        request = pb.ConverseRequest(text=pb.UserText(text=check_text(text), control=turn_control(control, **controls)))
-        turn = Turn(text, sample_rate_hz=self.started.audio.sample_rate_hz, interrupt=self._interrupt_turn)
-        self._waiting.append(turn)
+        rid = self._request_id("say", request_id)
+        if rid in self._waiting:
+            raise InvalidArgumentError(
+                f"request_id {rid!r} is already used by a text still waiting for its turn",
+                field="request_id",
+                hint="give each say() its own request_id, or leave it to the SDK",
+            )
+        user_text = pb.UserText(text=check_text(text), control=turn_control(control, **controls), request_id=rid)
+        turn = Turn(
+            text, sample_rate_hz=self.started.audio.sample_rate_hz, interrupt=self._interrupt_turn, request_id=rid
+        )
+        self._waiting[rid] = turn
         self._latest = turn
 
         def sent(done: asyncio.Future[None]) -> None:
-            if not done.cancelled() and (error := done.exception()) is not None and turn in self._waiting:
-                self._waiting.remove(turn)
+            if not done.cancelled() and (error := done.exception()) is not None and self._waiting.get(rid) is turn:
+                del self._waiting[rid]
                 turn._fail(error if isinstance(error, TTHError) else ClosedError(str(error)))
 
-        self._enqueue(request).add_done_callback(sent)
+        self._enqueue(pb.ConverseRequest(text=user_text)).add_done_callback(sent)
         return turn
 
-    async def update_controls(self, control: cpb.TurnControl | None = None, **controls: Unpack[Controls]) -> None:
+    @staticmethod
+    def _request_id(kind: str, given: str | None) -> str:
+        """The caller's request_id, checked, or a new one (unique in practice: 48 random bits)."""
+        return check_request_id(given) if given is not None else f"{kind}-{secrets.token_hex(6)}"
+
+    async def update_controls(
+        self, control: cpb.TurnControl | None = None, *, request_id: str | None = None, **controls: Unpack[Controls]
+    ) -> None:
         """Change the session's standing controls from the next turn on (never the running one).
 
         Returns once the request is sent. Everything the server would refuse is
         checked first and nothing is sent then: ranges and names here, a persona id
-        against the server's catalogue (one `ListModels` call per session).
+        against the server's catalogue (one `ListModels` call per session). Should
+        the server refuse it all the same, its session-level `ErrorEvent` carries
+        this update's `request_id` (None makes one) and no turn is affected.
 
         Raises:
             InvalidControlError: a value is out of its range, or an emotion name or persona id is not known.
             ClosedError: the session is not open.
         """
         self._check_open()
+        rid = self._request_id("control", request_id)
         update = turn_control(control, **controls)
         if update.character.HasField("persona_id"):
             await self._check_persona(update.character.persona_id)
-        await self._enqueue(pb.ConverseRequest(control=pb.ControlUpdate(control=update)))
+        await self._enqueue(pb.ConverseRequest(control=pb.ControlUpdate(control=update, request_id=rid)))
 
     async def _check_persona(self, persona_id: str) -> None:
         if self._persona_ids is None:
@@ -395,15 +441,19 @@ class Session:
                 hint=f"use one of: {', '.join(self._persona_ids)}",
             )
 
-    async def interrupt(self, played_ms: float | None = None) -> None:
+    async def interrupt(self, played_ms: float | None = None, *, request_id: str | None = None) -> None:
         """Stop the running turn, if any. Returns once the request is sent.
 
         The turn then ends with `turn_interrupted`; media already in flight may
         arrive before it, none after it. `played_ms` is how much of the turn's audio
-        was really played (None: the server estimates it from what it sent).
+        was really played (None: the server estimates it from what it sent). The
+        `turn_interrupted` belongs to the turn and carries its text's request_id;
+        this interrupt's `request_id` (None makes one) only comes back on a refusal.
         """
         self._check_open()
-        interrupt = pb.Interrupt() if played_ms is None else pb.Interrupt(played_ms=max(0, round(played_ms)))
+        interrupt = pb.Interrupt(request_id=self._request_id("interrupt", request_id))
+        if played_ms is not None:
+            interrupt.played_ms = max(0, round(played_ms))
         await self._enqueue(pb.ConverseRequest(interrupt=interrupt))
 
     async def _interrupt_turn(self, turn: Turn, played_ms: float | None) -> None:
@@ -470,16 +520,21 @@ class Session:
                 if code is grpc.StatusCode.OK:
                     self._end(ClosedError("the server ended the session before the turn's terminal event"))
                     return
-                error: TTHError = status_error(code, await self._call.details(), self.target)
+                details, trailers = await self._call.details(), await self._call.trailing_metadata()
+                error: TTHError = status_error(code, details, self.target, trailers)
             except grpc.RpcError as exc:
                 code, error = exc.code(), from_rpc_error(exc, self.target)
             except asyncio.CancelledError:
                 self._end(ClosedError("the session was aborted before the turn ended; its remaining events are lost"))
                 raise
             resumable = code is grpc.StatusCode.UNAVAILABLE and self._reconnect and not self._closing
-            if not (resumable and await self._resume()):
-                self._end(error, broken=True)
-                return
+            if resumable:
+                resumed, refusal = await self._resume()
+                if resumed:
+                    continue
+                error = refusal or error  # why it cannot go on: the refusal (a ResumeOutOfRangeError ...), if any
+            self._end(error, broken=True)
+            return
 
     def _dispatch(self, response: pb.ConverseResponse) -> None:
         if response.seq:
@@ -491,22 +546,37 @@ class Session:
 
     def _deliver(self, event: Event) -> None:
         self._publish(event)
+        if event.request_id:
+            self._echoes_ids = True
         if event.turn_id:
             turn = self._turns.get(event.turn_id)
-            if turn is None and self._waiting:
-                turn = self._waiting.popleft()
-                self._turns[event.turn_id] = turn
+            if turn is None:
+                turn = self._claim(event)
+                if turn is not None:
+                    self._turns[event.turn_id] = turn
             if turn is not None:
                 turn._push(event)
                 if is_terminal(event):
                     del self._turns[event.turn_id]
-        elif isinstance(event, ErrorEvent) and self._waiting and not event.error.message.startswith("control."):
-            turn = self._waiting.popleft()  # the text was refused; no turn started
+        elif isinstance(event, ErrorEvent) and (turn := self._claim(event)) is not None:
+            # the text was refused; no turn started
             if event.error.code == pb.ERROR_CODE_INVALID_ARGUMENT:
                 message = f"{self.target} refused the text: {event.error.message}"
                 turn._fail(invalid_argument(message, event.error.message))
             else:
                 turn._push(event, terminal=True)
+
+    def _claim(self, event: Event) -> Turn | None:
+        """The waiting `say()` that `event` answers, taken off the waiting list; None when it answers none."""
+        if event.request_id:
+            return self._waiting.pop(event.request_id, None)  # a control's or interrupt's id matches no say()
+        if self._echoes_ids or not self._waiting:
+            return None
+        # A server that echoes no ids handles requests in order: the oldest text still waiting. Only a refused
+        # control update names its field under "control.".
+        if isinstance(event, ErrorEvent) and event.error.message.startswith("control."):
+            return None
+        return self._waiting.pop(next(iter(self._waiting)))
 
     def _publish(self, event: Event) -> None:
         if len(self._stream) >= self._max_buffered:
@@ -526,7 +596,7 @@ class Session:
             return
         self._ended = reason
         self._stream_error = reason if broken else None
-        for turn in [*self._waiting, *self._turns.values()]:
+        for turn in [*self._waiting.values(), *self._turns.values()]:
             turn._fail(reason)
         self._waiting.clear()
         self._turns.clear()

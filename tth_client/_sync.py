@@ -78,6 +78,10 @@ class SyncTurn:
         return self._turn.turn_id
 
     @property
+    def request_id(self) -> str:
+        return self._turn.request_id
+
+    @property
     def done(self) -> bool:
         return self._turn.done
 
@@ -124,6 +128,7 @@ class SyncSession:
         reconnect: bool = True,
         reconnect_timeout_s: float = 30.0,
         portrait: bytes | None = None,
+        resume_after_seq: int | None = None,
     ) -> None:
         self._loop: _Loop | None = None
         self._owns_loop = True
@@ -147,6 +152,7 @@ class SyncSession:
                 reconnect=reconnect,
                 reconnect_timeout_s=reconnect_timeout_s,
                 portrait=portrait,
+                resume_after_seq=resume_after_seq,
             )
 
         self._factory: Callable[[], Session] = factory
@@ -198,24 +204,33 @@ class SyncSession:
             raise
         return self
 
-    def say(self, text: str, *, control: cpb.TurnControl | None = None, **controls: Unpack[Controls]) -> SyncTurn:
+    def say(
+        self,
+        text: str,
+        *,
+        control: cpb.TurnControl | None = None,
+        request_id: str | None = None,
+        **controls: Unpack[Controls],
+    ) -> SyncTurn:
         """Start a turn (see `Session.say`)."""
         session, loop = self._async()
 
         async def say() -> Turn:
-            return session.say(text, control=control, **controls)
+            return session.say(text, control=control, request_id=request_id, **controls)
 
         return SyncTurn(loop.run(say()), loop)
 
-    def update_controls(self, control: cpb.TurnControl | None = None, **controls: Unpack[Controls]) -> None:
+    def update_controls(
+        self, control: cpb.TurnControl | None = None, *, request_id: str | None = None, **controls: Unpack[Controls]
+    ) -> None:
         """Change the standing controls from the next turn on (see `Session.update_controls`)."""
         session, loop = self._async()
-        loop.run(session.update_controls(control, **controls))
+        loop.run(session.update_controls(control, request_id=request_id, **controls))
 
-    def interrupt(self, played_ms: float | None = None) -> None:
+    def interrupt(self, played_ms: float | None = None, *, request_id: str | None = None) -> None:
         """Stop the running turn (see `Session.interrupt`)."""
         session, loop = self._async()
-        loop.run(session.interrupt(played_ms))
+        loop.run(session.interrupt(played_ms, request_id=request_id))
 
     def __iter__(self) -> Iterator[Event]:
         session, loop = self._async()

@@ -25,7 +25,7 @@ from tth_client._events import (
     VideoEvent,
     is_terminal,
 )
-from tth_client._exceptions import TTHError, TurnFailedError
+from tth_client._exceptions import TTHError, TurnFailedError, TurnResourceExhaustedError
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import media_pb2 as mpb
 
@@ -78,7 +78,8 @@ class TurnResult:
         if self.outcome is Outcome.FAILED and self.error is not None:
             code = pb.ErrorCode.Name(self.error.code).removeprefix("ERROR_CODE_")
             hint = "wait and send the text again" if self.error.retryable else ""
-            raise TurnFailedError(
+            limited = self.error.code == pb.ERROR_CODE_RESOURCE_EXHAUSTED
+            raise (TurnResourceExhaustedError if limited else TurnFailedError)(
                 self.error.message,
                 code=code,
                 turn_id=self.turn_id,
@@ -107,9 +108,12 @@ class Turn:
         *,
         sample_rate_hz: int = 0,
         interrupt: Callable[[Turn, float | None], Awaitable[None]] | None = None,
+        request_id: str = "",
     ) -> None:
         self.text = text
         """The user text that started the turn."""
+        self.request_id = request_id
+        """The `request_id` the text was sent with; the server echoes it on every event of the turn."""
         self.turn_id = ""
         """The server's id for the turn, known from its first event on."""
         self._sample_rate_hz = sample_rate_hz

@@ -164,6 +164,18 @@ def render_from_proto(msg: cpb.RenderOptions, where: str) -> RenderRequest:
     )
 
 
+MAX_REQUEST_ID_CHARS = 64
+
+
+def request_id_from_proto(request_id: str, where: str) -> str:
+    """A request's client-chosen id, at most `MAX_REQUEST_ID_CHARS` characters; "" when none was set."""
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise ControlError(
+            f"{where} is {len(request_id)} characters; the limit is {MAX_REQUEST_ID_CHARS} (it is not echoed)"
+        )
+    return request_id
+
+
 def text_from_proto(text: str, limit: int, where: str) -> str:
     cleaned = text.strip()
     if not cleaned:
@@ -293,22 +305,25 @@ def started_proto(event: Started, session_id: str) -> pb.SessionStarted:
     )
 
 
-def converse_response(event: Outgoing, session_id: str, seq: int) -> pb.ConverseResponse:
+def converse_response(event: Outgoing, session_id: str, seq: int, request_id: str = "") -> pb.ConverseResponse:
+    """The response for `event`; `request_id` is that of the request it answers (see `Session.request_id_of`)."""
     if isinstance(event, MediaBatch):  # the hot path on a batching stream: fill in place
-        response = pb.ConverseResponse(session_id=session_id, turn_id=event.turn_id, seq=seq)
+        response = pb.ConverseResponse(session_id=session_id, turn_id=event.turn_id, seq=seq, request_id=request_id)
         _fill_batch(response.media, event)
         return response
     if isinstance(event, VideoOut | AudioOut):  # the hot path, about 30 a second per session: fill in place
-        return _media_response(event, session_id, seq)
+        return _media_response(event, session_id, seq, request_id)
     if isinstance(event, Started):
         return pb.ConverseResponse(session_id=session_id, seq=seq, started=started_proto(event, session_id))
     arm, message = _payload(event)
-    return pb.ConverseResponse(session_id=session_id, turn_id=event.turn_id, seq=seq, **{arm: message})
+    return pb.ConverseResponse(
+        session_id=session_id, turn_id=event.turn_id, seq=seq, request_id=request_id, **{arm: message}
+    )
 
 
-def _media_response(event: AudioOut | VideoOut, session_id: str, seq: int) -> pb.ConverseResponse:
+def _media_response(event: AudioOut | VideoOut, session_id: str, seq: int, request_id: str) -> pb.ConverseResponse:
     """Like `_payload`, but the media message is filled in place instead of built apart and copied in."""
-    response = pb.ConverseResponse(session_id=session_id, turn_id=event.turn_id, seq=seq)
+    response = pb.ConverseResponse(session_id=session_id, turn_id=event.turn_id, seq=seq, request_id=request_id)
     if isinstance(event, VideoOut):
         _fill_frame(response.video, event.frame)
     else:

@@ -141,6 +141,7 @@ class ErrorOut:
     retryable: bool = False
     retry_after_ms: int = 0
     turn_id: str = ""
+    request_id: str = ""  # on a refusal (no turn_id): the refused request's own id
 
 
 @dataclass(frozen=True, slots=True)

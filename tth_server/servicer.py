@@ -72,7 +72,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             yield self._started(session, attachment)
             while (item := await session.next_event(attachment)) is not None:
                 seq, event = item
-                yield convert.converse_response(event, session.id, seq)
+                yield convert.converse_response(event, session.id, seq, session.request_id_of(event))
             over = not attachment.replaced  # the session closed and everything was sent
         finally:
             reader.cancel()
@@ -243,41 +243,55 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             session.outbox.put_control(ErrorOut(ErrorCode.INVALID_ARGUMENT, message))
             return
         arm = request.WhichOneof("request")
+        request_id = ""  # echoed on a refusal of this request
         try:
-            if arm == "text" and self.runtime.draining:
-                session.outbox.put_control(
-                    ErrorOut(
-                        ErrorCode.UNAVAILABLE,
-                        "the server is shutting down; no new turns here: reconnect to another replica",
-                        retryable=True,
-                    )
-                )
-            elif arm == "text":
-                self.runtime.limits.admit_turn(key)
-                limit = self.runtime.config.session.max_text_chars
-                text = convert.text_from_proto(request.text.text, limit, "text.text")
-                await session.say(text, convert.patch_from_proto(request.text.control, "text.control"))
-            elif arm == "control":
-                await session.update_controls(convert.patch_from_proto(request.control.control, "control.control"))
-            elif arm == "interrupt":
-                i = request.interrupt
-                await session.interrupt(InterruptReason.CLIENT, i.played_ms if i.HasField("played_ms") else None)
-            elif arm == "config":
-                session.outbox.put_control(
-                    ErrorOut(ErrorCode.FAILED_PRECONDITION, "config is allowed only as the first message; ignored")
-                )
-            else:
-                session.outbox.put_control(
-                    ErrorOut(
-                        ErrorCode.INVALID_ARGUMENT,
-                        "a ConverseRequest must set one of config, text, control or interrupt",
-                    )
-                )
+            if arm in ("text", "control", "interrupt"):
+                arm_message: pb.UserText | pb.ControlUpdate | pb.Interrupt = getattr(request, arm)
+                request_id = convert.request_id_from_proto(arm_message.request_id, f"{arm}.request_id")
+            with structlog.contextvars.bound_contextvars(**({"request_id": request_id} if request_id else {})):
+                await self._dispatch(request, arm, session, key, request_id)
         except ControlError as exc:
-            session.outbox.put_control(ErrorOut(ErrorCode.INVALID_ARGUMENT, str(exc)))
+            session.outbox.put_control(ErrorOut(ErrorCode.INVALID_ARGUMENT, str(exc), request_id=request_id))
         except LimitExceeded as exc:
             retry_ms = int(exc.retry_after_s * 1000) + 1
-            session.outbox.put_control(ErrorOut(ErrorCode.RESOURCE_EXHAUSTED, str(exc), True, retry_ms))
+            session.outbox.put_control(
+                ErrorOut(ErrorCode.RESOURCE_EXHAUSTED, str(exc), True, retry_ms, request_id=request_id)
+            )
+
+    async def _dispatch(
+        self, request: pb.ConverseRequest, arm: str | None, session: Session, key: str, request_id: str
+    ) -> None:
+        if arm == "text" and self.runtime.draining:
+            session.outbox.put_control(
+                ErrorOut(
+                    ErrorCode.UNAVAILABLE,
+                    "the server is shutting down; no new turns here: reconnect to another replica",
+                    retryable=True,
+                    request_id=request_id,
+                )
+            )
+        elif arm == "text":
+            self.runtime.limits.admit_turn(key)
+            limit = self.runtime.config.session.max_text_chars
+            text = convert.text_from_proto(request.text.text, limit, "text.text")
+            patch = convert.patch_from_proto(request.text.control, "text.control")
+            await session.say(text, patch, request_id)
+        elif arm == "control":
+            await session.update_controls(convert.patch_from_proto(request.control.control, "control.control"))
+        elif arm == "interrupt":
+            i = request.interrupt
+            await session.interrupt(InterruptReason.CLIENT, i.played_ms if i.HasField("played_ms") else None)
+        elif arm == "config":
+            session.outbox.put_control(
+                ErrorOut(ErrorCode.FAILED_PRECONDITION, "config is allowed only as the first message; ignored")
+            )
+        else:
+            session.outbox.put_control(
+                ErrorOut(
+                    ErrorCode.INVALID_ARGUMENT,
+                    "a ConverseRequest must set one of config, text, control or interrupt",
+                )
+            )
 
     async def CreateSession(
         self, request: pb.CreateSessionRequest | Malformed, context: grpc.aio.ServicerContext

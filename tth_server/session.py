@@ -182,6 +182,10 @@ class Session:
         self.superseded = False  # another replica took the session over
         self._attachment: Attachment | None = None
         self._running_turn_id = ""  # the turn started and not yet ended, as the store knows it
+        # The client's request_id of the text that started each turn whose events may still be sent or replayed:
+        # a turn has at least one event, so the replay buffer never holds events of more turns than it holds events.
+        self._request_ids: dict[str, str] = {}
+        self._max_request_ids = max(1, settings.replay_events)
         self._save_lock = asyncio.Lock()
         self._released = False
 
@@ -201,6 +205,8 @@ class Session:
         session.pending = state.pending
         session.history.extend(state.history)
         session.turns = state.turns
+        if state.running_turn_id and state.running_request_id:  # the lost turn's error carries its request's id
+            session._request_ids[state.running_turn_id] = state.running_request_id
         session.epoch = state.epoch
         session.created_at = state.created_at
         session.created = time.monotonic() - max(0.0, time.time() - state.created_at)
@@ -233,6 +239,19 @@ class Session:
     def ending(self) -> bool:
         """Closed, or being ended: no stream may attach any more."""
         return self._closed or self._released
+
+    def request_id_of(self, event: Outgoing) -> str:
+        """The request_id of the request `event` answers: the refused request's, or that of its turn's text."""
+        if isinstance(event, ErrorOut) and not event.turn_id:
+            return event.request_id
+        return self._request_ids.get(event.turn_id, "") if event.turn_id else ""
+
+    def _remember_request(self, turn_id: str, request_id: str) -> None:
+        if not request_id:
+            return
+        self._request_ids[turn_id] = request_id
+        while len(self._request_ids) > self._max_request_ids:
+            del self._request_ids[next(iter(self._request_ids))]  # the oldest turn's
 
     def started_event(self) -> Started:
         persona = self.runtime.personas.get(self.persona_id)
@@ -335,6 +354,7 @@ class Session:
     # ---- the store -------------------------------------------------------------------------------------------------
 
     def snapshot(self, *, sealed: bool = False, running: str | None = None) -> SessionRecord:
+        running_turn_id = self._running_turn_id if running is None else running
         return SessionRecord(
             session_id=self.id,
             key_id=self.key_id,
@@ -347,7 +367,8 @@ class Session:
             lead_ms=self.lead_ms,
             turns=self.turns,
             last_seq=self.replay.last_seq,
-            running_turn_id=self._running_turn_id if running is None else running,
+            running_turn_id=running_turn_id,
+            running_request_id=self._request_ids.get(running_turn_id, "") if running_turn_id else "",
             sealed=sealed,
             created_at=self.created_at,
             epoch=self.epoch,
@@ -394,14 +415,18 @@ class Session:
         self.pending = patch.over(self.pending)
         await self.persist()
 
-    async def say(self, text: str, patch: ControlPatch) -> str:
-        """Start a turn for `text`, interrupting a running one first; returns the turn id ("" if the session ended)."""
+    async def say(self, text: str, patch: ControlPatch, request_id: str = "") -> str:
+        """Start a turn for `text`, interrupting a running one first; returns the turn id ("" if the session ended).
+
+        `request_id` (the client's id for the text, may be "") goes on every event of the turn.
+        """
         layers = [("turn", patch), ("pending", self.pending), ("session", self.defaults)]
         persona_id = next((p.persona_id for _, p in layers if p.persona_id is not None), self.persona_id)
         persona = self.runtime.personas.get(persona_id, "text.control.character.persona_id")
         await self.interrupt(InterruptReason.BARGE_IN)
         turn_id = f"t-{uuid.uuid4().hex[:12]}"
         self._running_turn_id = turn_id
+        self._remember_request(turn_id, request_id)
         self.turns += 1
         try:
             await self.persist()  # a replica that takes over knows this turn never ended
@@ -464,6 +489,8 @@ class Session:
     async def _run(self, run: TurnRun) -> None:
         turn_id = run.request.turn_id
         structlog.contextvars.bind_contextvars(session_id=self.id, turn_id=turn_id)
+        if request_id := self._request_ids.get(turn_id):
+            structlog.contextvars.bind_contextvars(request_id=request_id)  # on every log line of the turn
         session_avatars.set(self.avatars)  # this task's context only: the turn's provider avatar is the session's
         sink = _OutboxSink(self.outbox, turn_id)
         terminal: Event

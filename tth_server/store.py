@@ -26,7 +26,7 @@ import asyncio
 import json
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from adapters.base import Message
@@ -35,7 +35,10 @@ from tth_server.controls import ControlPatch, EmotionLabel
 from tth_server.media import RenderSettings
 from tth_server.pipeline import SegmentPolicy
 
-FORMAT = 1  # bumped when SessionRecord's JSON changes incompatibly
+FORMAT = 2  # bumped when SessionRecord's JSON changes; `from_json` reads every format in READABLE_FORMATS
+# 1: before running_request_id. A key the record lacks takes the field's default, and a key this version
+# does not know is ignored, so a record from a replica one version apart loads either way.
+READABLE_FORMATS = frozenset({1, 2})
 
 
 class StoreError(Exception):
@@ -58,6 +61,7 @@ class SessionRecord:
     turns: int = 0
     last_seq: int = 0  # the seq of the last event the session had sent when this was saved
     running_turn_id: str = ""  # a turn without a terminal event the client can have seen
+    running_request_id: str = ""  # the client's request_id of the text that started running_turn_id
     sealed: bool = False  # saved by a replica ending the session: nothing was sent after last_seq
     created_at: float = field(default_factory=time.time)  # unix time, for limits.session_max_s
     epoch: int = 0  # ownership fence; set by the store, not part of the JSON
@@ -72,11 +76,12 @@ class SessionRecord:
     @classmethod
     def from_json(cls, text: str, epoch: int) -> SessionRecord:
         data: dict[str, Any] = json.loads(text)
-        if data.pop("format", None) != FORMAT:
+        if data.pop("format", None) not in READABLE_FORMATS:
             raise StoreError(f"stored session {data.get('session_id')!r} has an unknown format")
+        known = {f.name for f in fields(cls)}
         return cls(
             **{
-                **data,
+                **{k: v for k, v in data.items() if k in known},
                 "defaults": _patch(data["defaults"]),
                 "pending": _patch(data["pending"]),
                 "history": tuple(Message(role, text) for role, text in data["history"]),

@@ -297,8 +297,16 @@ class UserText(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     CONTROL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Required. The user's text, 1 to 4000 characters after trimming (configurable)."""
+    request_id: _builtins.str
+    """Optional. A client-chosen id for this request, at most 64 characters; the
+    server echoes it in `ConverseResponse.request_id` on every event of the
+    turn this text starts and on its refusal, if it is refused. Empty means
+    none. A longer one is refused with an `error` (INVALID_ARGUMENT) naming
+    `text.request_id` and the limit, which carries no request id.
+    """
     @_builtins.property
     def control(self) -> _controls_pb2.TurnControl:
         """Optional. Controls for this turn only; they take precedence over every other layer."""
@@ -308,10 +316,11 @@ class UserText(_message.Message):
         *,
         text: _builtins.str = ...,
         control: _controls_pb2.TurnControl | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["control", b"control"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["control", b"control", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["control", b"control", "request_id", b"request_id", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -324,6 +333,14 @@ class ControlUpdate(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTROL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional. A client-chosen id for this request, at most 64 characters; the
+    server echoes it in `ConverseResponse.request_id` on the `error` that refuses
+    the update, if it is refused (an accepted update has no answer). Empty means
+    none. A longer one is refused with an `error` (INVALID_ARGUMENT) naming
+    `control.request_id` and the limit, which carries no request id.
+    """
     @_builtins.property
     def control(self) -> _controls_pb2.TurnControl:
         """Required. The fields to change; absent fields keep their current value."""
@@ -332,10 +349,11 @@ class ControlUpdate(_message.Message):
         self,
         *,
         control: _controls_pb2.TurnControl | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["control", b"control"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["control", b"control"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["control", b"control", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -348,19 +366,29 @@ class Interrupt(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PLAYED_MS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     played_ms: _builtins.int
     """Optional. Milliseconds of the turn's audio the client actually played; the
     session's history keeps the text spoken up to there. Absent means the server
     estimates it from the audio it sent and the time since the first chunk.
     """
+    request_id: _builtins.str
+    """Optional. A client-chosen id for this request, at most 64 characters; the
+    server echoes it in `ConverseResponse.request_id` on the `error` that refuses
+    the interrupt, if it is refused. The `turn_interrupted` it causes belongs to
+    the turn, and carries the `request_id` of the text that started the turn. Empty means
+    none. A longer one is refused with an `error` (INVALID_ARGUMENT) naming
+    `interrupt.request_id` and the limit, which carries no request id.
+    """
     def __init__(
         self,
         *,
         played_ms: _builtins.int | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_played_ms", b"_played_ms", "played_ms", b"played_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_played_ms", b"_played_ms", "played_ms", b"played_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_played_ms", b"_played_ms", "played_ms", b"played_ms", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__played_ms: _TypeAlias = _typing.Literal["played_ms"]  # noqa: Y015
     _WhichOneofArgType__played_ms: _TypeAlias = _typing.Literal["_played_ms", b"_played_ms"]  # noqa: Y015
@@ -868,6 +896,7 @@ class ConverseResponse(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     TURN_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     STARTED_FIELD_NUMBER: _builtins.int
     TEXT_DELTA_FIELD_NUMBER: _builtins.int
     AUDIO_FIELD_NUMBER: _builtins.int
@@ -885,6 +914,13 @@ class ConverseResponse(_message.Message):
     """Required. Position of this event in the session's sequence, counting from 1
     and continuing across resumes; 0 only for the `started` of a stream that
     attached to a session already under way.
+    """
+    request_id: _builtins.str
+    """Optional. The `request_id` of the request this event answers: on every event
+    of a turn (its deltas, media and terminal event, replayed ones included) the
+    id of the `text` that started the turn; on an `error` with an empty
+    `turn_id` the id of the text, control or interrupt it refuses. Empty when
+    that request set none, and on session-level events (`started`, notices).
     """
     @_builtins.property
     def started(self) -> Global___SessionStarted:
@@ -932,6 +968,7 @@ class ConverseResponse(_message.Message):
         session_id: _builtins.str = ...,
         turn_id: _builtins.str = ...,
         seq: _builtins.int = ...,
+        request_id: _builtins.str = ...,
         started: Global___SessionStarted | None = ...,
         text_delta: Global___TextDelta | None = ...,
         audio: _media_pb2.AudioChunk | None = ...,
@@ -944,7 +981,7 @@ class ConverseResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "event", b"event", "media", b"media", "notice", b"notice", "started", b"started", "text_delta", b"text_delta", "turn_complete", b"turn_complete", "turn_interrupted", b"turn_interrupted", "video", b"video"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "event", b"event", "media", b"media", "notice", b"notice", "seq", b"seq", "session_id", b"session_id", "started", b"started", "text_delta", b"text_delta", "turn_complete", b"turn_complete", "turn_id", b"turn_id", "turn_interrupted", b"turn_interrupted", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "error", b"error", "event", b"event", "media", b"media", "notice", b"notice", "request_id", b"request_id", "seq", b"seq", "session_id", b"session_id", "started", b"started", "text_delta", b"text_delta", "turn_complete", b"turn_complete", "turn_id", b"turn_id", "turn_interrupted", b"turn_interrupted", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "text_delta", "audio", "video", "turn_complete", "turn_interrupted", "error", "notice", "media"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015

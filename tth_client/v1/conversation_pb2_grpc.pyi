@@ -58,12 +58,20 @@ class ConversationServiceStub:
        next turn on, never to the turn already running.
     7. A problem the session survives (an invalid control value, an empty text, a
        second config) comes back as an `error` event with an empty `turn_id`; the
-       session stays open.
+       session stays open. A request that set `request_id` (text, control or
+       interrupt) gets it back on its refusal, so the client knows which request
+       was refused; the events of a turn carry the `request_id` of the text that
+       started it (see `ConverseResponse.request_id`).
     8. Clean close: when the client half-closes, the server finishes the running
        turn, sends its terminal event, and ends the call with OK; the session is
        over. Error close: a fatal problem ends the call with a gRPC status
        (INVALID_ARGUMENT, UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE ...) and
-       a readable message.
+       a readable message. RESOURCE_EXHAUSTED from a limit that frees up with time
+       (`limits.max_sessions`, `limits.max_sessions_per_key`, the per-key rate
+       limits) carries the trailing metadata entry `retry-after-ms`: a decimal
+       count of milliseconds to wait before trying again. It is absent when
+       waiting would not help (a session that left its events unread, or reached
+       its maximum length).
     9. Dropped stream: when the call breaks without a half-close (the client
        cancels it, or the connection is lost), the session is not over. Its
        running turn goes on until the unsent events fill the session's queue
@@ -106,13 +114,15 @@ class ConversationServiceStub:
 
         -> config {persona_id: "casual"}
         <- seq 1 started {session_id: "s-1", audio {sample_rate_hz: 22050}, video {fps: 25}}
-        -> text {text: "Hi there!", control {emotion {label: EMOTION_LABEL_HAPPY}}}
-        <- seq 2 turn t-1 text_delta {text: "Hey"}
-        <- seq 3 turn t-1 text_delta {text: "!"}
-        <- seq 4 turn t-1 audio {timestamp_ms: 0, duration_ms: 40}
-        <- seq 5 turn t-1 video {frame_index: 0, timestamp_ms: 0, drift_ms: 0}
+        -> text {text: "Hi there!", control {emotion {label: EMOTION_LABEL_HAPPY}}, request_id: "r1"}
+        <- seq 2 turn t-1 request r1 text_delta {text: "Hey"}
+        <- seq 3 turn t-1 request r1 text_delta {text: "!"}
+        <- seq 4 turn t-1 request r1 audio {timestamp_ms: 0, duration_ms: 40}
+        <- seq 5 turn t-1 request r1 video {frame_index: 0, timestamp_ms: 0, drift_ms: 0}
         <- ...
-        <- seq 90 turn t-1 turn_complete {metrics {time_to_first_audio_ms: 31}}
+        <- seq 90 turn t-1 request r1 turn_complete {metrics {time_to_first_audio_ms: 31}}
+        -> text {text: "", request_id: "r2"}
+        <- seq 91 request r2 error {code: ERROR_CODE_INVALID_ARGUMENT, message: "text.text is empty ..."}
         -> (half-close)
         <- (status OK)
 
@@ -188,12 +198,20 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
        next turn on, never to the turn already running.
     7. A problem the session survives (an invalid control value, an empty text, a
        second config) comes back as an `error` event with an empty `turn_id`; the
-       session stays open.
+       session stays open. A request that set `request_id` (text, control or
+       interrupt) gets it back on its refusal, so the client knows which request
+       was refused; the events of a turn carry the `request_id` of the text that
+       started it (see `ConverseResponse.request_id`).
     8. Clean close: when the client half-closes, the server finishes the running
        turn, sends its terminal event, and ends the call with OK; the session is
        over. Error close: a fatal problem ends the call with a gRPC status
        (INVALID_ARGUMENT, UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE ...) and
-       a readable message.
+       a readable message. RESOURCE_EXHAUSTED from a limit that frees up with time
+       (`limits.max_sessions`, `limits.max_sessions_per_key`, the per-key rate
+       limits) carries the trailing metadata entry `retry-after-ms`: a decimal
+       count of milliseconds to wait before trying again. It is absent when
+       waiting would not help (a session that left its events unread, or reached
+       its maximum length).
     9. Dropped stream: when the call breaks without a half-close (the client
        cancels it, or the connection is lost), the session is not over. Its
        running turn goes on until the unsent events fill the session's queue
@@ -236,13 +254,15 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
 
         -> config {persona_id: "casual"}
         <- seq 1 started {session_id: "s-1", audio {sample_rate_hz: 22050}, video {fps: 25}}
-        -> text {text: "Hi there!", control {emotion {label: EMOTION_LABEL_HAPPY}}}
-        <- seq 2 turn t-1 text_delta {text: "Hey"}
-        <- seq 3 turn t-1 text_delta {text: "!"}
-        <- seq 4 turn t-1 audio {timestamp_ms: 0, duration_ms: 40}
-        <- seq 5 turn t-1 video {frame_index: 0, timestamp_ms: 0, drift_ms: 0}
+        -> text {text: "Hi there!", control {emotion {label: EMOTION_LABEL_HAPPY}}, request_id: "r1"}
+        <- seq 2 turn t-1 request r1 text_delta {text: "Hey"}
+        <- seq 3 turn t-1 request r1 text_delta {text: "!"}
+        <- seq 4 turn t-1 request r1 audio {timestamp_ms: 0, duration_ms: 40}
+        <- seq 5 turn t-1 request r1 video {frame_index: 0, timestamp_ms: 0, drift_ms: 0}
         <- ...
-        <- seq 90 turn t-1 turn_complete {metrics {time_to_first_audio_ms: 31}}
+        <- seq 90 turn t-1 request r1 turn_complete {metrics {time_to_first_audio_ms: 31}}
+        -> text {text: "", request_id: "r2"}
+        <- seq 91 request r2 error {code: ERROR_CODE_INVALID_ARGUMENT, message: "text.text is empty ..."}
         -> (half-close)
         <- (status OK)
 
@@ -314,12 +334,20 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
        next turn on, never to the turn already running.
     7. A problem the session survives (an invalid control value, an empty text, a
        second config) comes back as an `error` event with an empty `turn_id`; the
-       session stays open.
+       session stays open. A request that set `request_id` (text, control or
+       interrupt) gets it back on its refusal, so the client knows which request
+       was refused; the events of a turn carry the `request_id` of the text that
+       started it (see `ConverseResponse.request_id`).
     8. Clean close: when the client half-closes, the server finishes the running
        turn, sends its terminal event, and ends the call with OK; the session is
        over. Error close: a fatal problem ends the call with a gRPC status
        (INVALID_ARGUMENT, UNAUTHENTICATED, RESOURCE_EXHAUSTED, UNAVAILABLE ...) and
-       a readable message.
+       a readable message. RESOURCE_EXHAUSTED from a limit that frees up with time
+       (`limits.max_sessions`, `limits.max_sessions_per_key`, the per-key rate
+       limits) carries the trailing metadata entry `retry-after-ms`: a decimal
+       count of milliseconds to wait before trying again. It is absent when
+       waiting would not help (a session that left its events unread, or reached
+       its maximum length).
     9. Dropped stream: when the call breaks without a half-close (the client
        cancels it, or the connection is lost), the session is not over. Its
        running turn goes on until the unsent events fill the session's queue
@@ -362,13 +390,15 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
 
         -> config {persona_id: "casual"}
         <- seq 1 started {session_id: "s-1", audio {sample_rate_hz: 22050}, video {fps: 25}}
-        -> text {text: "Hi there!", control {emotion {label: EMOTION_LABEL_HAPPY}}}
-        <- seq 2 turn t-1 text_delta {text: "Hey"}
-        <- seq 3 turn t-1 text_delta {text: "!"}
-        <- seq 4 turn t-1 audio {timestamp_ms: 0, duration_ms: 40}
-        <- seq 5 turn t-1 video {frame_index: 0, timestamp_ms: 0, drift_ms: 0}
+        -> text {text: "Hi there!", control {emotion {label: EMOTION_LABEL_HAPPY}}, request_id: "r1"}
+        <- seq 2 turn t-1 request r1 text_delta {text: "Hey"}
+        <- seq 3 turn t-1 request r1 text_delta {text: "!"}
+        <- seq 4 turn t-1 request r1 audio {timestamp_ms: 0, duration_ms: 40}
+        <- seq 5 turn t-1 request r1 video {frame_index: 0, timestamp_ms: 0, drift_ms: 0}
         <- ...
-        <- seq 90 turn t-1 turn_complete {metrics {time_to_first_audio_ms: 31}}
+        <- seq 90 turn t-1 request r1 turn_complete {metrics {time_to_first_audio_ms: 31}}
+        -> text {text: "", request_id: "r2"}
+        <- seq 91 request r2 error {code: ERROR_CODE_INVALID_ARGUMENT, message: "text.text is empty ..."}
         -> (half-close)
         <- (status OK)
 
