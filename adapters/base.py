@@ -22,8 +22,8 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 
-from tth_server.controls import PUBLIC_NAMES, Controls, EmotionLabel
-from tth_server.media import AudioChunk, RenderSettings, VideoFrame
+from adapters.controls import PUBLIC_NAMES, Controls, EmotionLabel
+from adapters.media import AudioChunk, RenderSettings, VideoFrame
 
 
 class Stage(StrEnum):
