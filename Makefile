@@ -67,4 +67,4 @@ bench-smoke: $(VENV)/.installed-dev
 	$(BIN)/python -m bench --smoke
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
