@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make run    create .venv, install TTH, start the server (PROFILE=..., LISTEN=... to choose)
-#   make test   install dev dependencies, buf and redis-server, lint the protos, check generated code, lint and type-check, run the tests
+#   make test   install dev dependencies, buf and redis-server, lint the protos, check generated code, lint, type-check and check the import contracts, run the tests
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -43,12 +43,14 @@ test: $(VENV)/.installed-dev $(VENV)/otel/.installed node_modules/.installed red
 	$(BIN)/python scripts/gen_protos.py --check
 	$(BIN)/ruff check .
 	$(BIN)/mypy tth_server adapters tth_client
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy tth_server adapters tth_client
+	$(BIN)/lint-imports
 
 proto: $(VENV)/.installed-dev
 	$(BIN)/python scripts/gen_protos.py
@@ -65,4 +67,4 @@ bench-smoke: $(VENV)/.installed-dev
 	$(BIN)/python -m bench --smoke
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

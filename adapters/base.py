@@ -22,10 +22,10 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 
-from tth_server.config import ConfigError
-from tth_server.controls import PUBLIC_NAMES, Controls, EmotionLabel
-from tth_server.logs import log
-from tth_server.media import AudioChunk, RenderSettings, VideoFrame
+from adapters.controls import PUBLIC_NAMES, Controls, EmotionLabel
+from adapters.errors import ConfigError
+from adapters.logs import log
+from adapters.media import AudioChunk, RenderSettings, VideoFrame
 
 
 class Stage(StrEnum):

@@ -5,12 +5,18 @@
       retryable: bool              4xx is not retryable except 408 and 429
       retry_after_s: float | None  from a Retry-After header, where given
 
-`tth_server.errors` maps categories to gRPC codes, in one table.
+    ConfigError                    an adapter's options (or the server's configuration) are invalid
+
+The server maps categories to gRPC codes, in one table (`tth_server.errors`).
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and the allowed values."""
 
 
 class ErrorCategory(StrEnum):

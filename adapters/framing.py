@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tth_server.media import BYTES_PER_SAMPLE, AudioChunk, RenderSettings, SpeechMark
+from adapters.media import BYTES_PER_SAMPLE, AudioChunk, RenderSettings, SpeechMark
 
 
 class MarkedChunker:

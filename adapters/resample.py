@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-from tth_server.media import AudioChunk, SpeechMark
+from adapters.media import AudioChunk, SpeechMark
 
 # soxr's "LQ" recipe delays the stream by about a millisecond where "HQ" holds back
 # about 33 ms (its longer filter), which the first audio of a turn would wait for.

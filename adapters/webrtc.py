@@ -36,10 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.base import AvatarConnection, AvatarInput
-from adapters.errors import ErrorCategory, ProviderError
+from adapters.errors import ConfigError, ErrorCategory, ProviderError
+from adapters.media import RenderSettings, VideoEncoding, VideoFrame
 from adapters.resample import Resampler
-from tth_server.config import ConfigError
-from tth_server.media import RenderSettings, VideoEncoding, VideoFrame
 
 INSTALL = 'pip install "tth[webrtc]"'
 _PREFETCH = 4  # packets aiortc's RTCRtpReceiver holds in its audio jitter buffer (JitterBuffer(prefetch=4))

@@ -52,11 +52,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.base import AvatarConnection, AvatarInput, SessionAvatarAdapter
+from adapters.controls import Controls
 from adapters.local.stub_avatar import StubAvatar
+from adapters.media import RenderSettings
 from bench.bench_face import inputs, speech_like
 from bench.common import ROOT, Row, cpu_seconds, report
-from tth_server.controls import Controls
-from tth_server.media import RenderSettings
 
 SETTINGS = RenderSettings()  # 256x256 at 25 fps, the session default
 LATE_MS = 120.0  # a frame later than this after its slot on the turn's clock counts as late

@@ -22,9 +22,9 @@ from pathlib import Path
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from adapters.controls import Controls
 from adapters.espeak.binding import Espeak
 from adapters.espeak.tts import EspeakTTS
-from tth_server.controls import Controls
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

@@ -32,10 +32,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.base import AvatarInput, ControlMapping
+from adapters.controls import Controls, EmotionLabel
 from adapters.face.avatar import FaceAvatar
 from adapters.face.visemes import PHONEME_VISEMES
-from tth_server.controls import Controls, EmotionLabel
-from tth_server.media import AudioChunk, MarkKind, RenderSettings, SpeechMark
+from adapters.media import AudioChunk, MarkKind, RenderSettings, SpeechMark
 
 RATE = 16000
 CHUNK_MS = 100

@@ -44,10 +44,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.base import AvatarInput, ControlMapping
+from adapters.controls import Controls
+from adapters.media import AudioChunk, RenderSettings
 from adapters.photo.avatar import PhotoAvatar
 from bench.bench_face import RATE, inputs, speech_like
-from tth_server.controls import Controls
-from tth_server.media import AudioChunk, RenderSettings
 
 
 def astronaut() -> bytes:

@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 
 from adapters.base import TTSAdapter
+from adapters.controls import Controls
 from adapters.espeak.tts import EspeakTTS
+from adapters.media import AudioChunk
 from adapters.piper.tts import PiperTTS
 from bench import bench_capacity, bench_latency, bench_memory
 from bench.common import NO_LIMITS, Row, median, merge, report, rss_bytes, server
-from tth_server.controls import Controls
-from tth_server.media import AudioChunk
 from tth_server.router import Resampler
 
 SENTENCES = (

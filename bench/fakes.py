@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from adapters import registry
 from adapters.base import AvatarAdapter, AvatarInput, Capabilities, ControlMapping, LLMAdapter, LLMRequest, TTSAdapter
 from adapters.local.stub_avatar import _frames as stub_frames
-from tth_server import registry
-from tth_server.media import AudioChunk, MarkKind, RenderSettings, SpeechMark, VideoEncoding, VideoFrame
+from adapters.media import AudioChunk, MarkKind, RenderSettings, SpeechMark, VideoEncoding, VideoFrame
 
 _TOKEN = re.compile(r"\s*\S+")
 _WORD = re.compile(r"\S+")

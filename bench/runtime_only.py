@@ -21,13 +21,13 @@ import os
 import sys
 from typing import Any
 
+from adapters.controls import ControlPatch
+from adapters.media import RenderRequest
 from bench import fakes
 from bench.common import children, cpu_seconds
 from tth_server.config import load_config
-from tth_server.controls import ControlPatch
 from tth_server.events import AudioOut, TurnCompleted, TurnInterrupted
 from tth_server.logs import configure
-from tth_server.media import RenderRequest
 from tth_server.runtime import Runtime
 
 

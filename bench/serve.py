@@ -19,7 +19,8 @@ import os
 import sys
 from typing import Any
 
-from tth_server.config import ConfigError, load_config
+from adapters.errors import ConfigError
+from tth_server.config import load_config
 from tth_server.logs import configure
 from tth_server.workers import WorkerError, run_workers
 

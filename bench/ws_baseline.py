@@ -44,8 +44,9 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from adapters.controls import ControlPatch
+from adapters.media import RenderRequest
 from tth_server.config import load_config
-from tth_server.controls import ControlPatch
 from tth_server.events import (
     AudioOut,
     ErrorOut,
@@ -59,7 +60,6 @@ from tth_server.events import (
     VideoOut,
 )
 from tth_server.logs import configure
-from tth_server.media import RenderRequest
 from tth_server.runtime import Runtime
 
 

@@ -19,9 +19,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from adapters.controls import EmotionLabel
 from adapters.face.looks import AMPLITUDE_BUCKETS, DEFAULT_LOOKS, expression_for
 from adapters.face.render import EyeState, FaceLayers
-from tth_server.controls import EmotionLabel
 
 # A mouth per emotion, as if caught mid-word, so the sheet also shows some visemes.
 MOUTHS: dict[EmotionLabel, str] = {

@@ -21,12 +21,12 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from adapters.controls import EmotionLabel
 from adapters.face.looks import AMPLITUDE_BUCKETS, expression_for
 from adapters.face.visemes import VISEMES
 from adapters.photo.avatar import compose, expression_pose
 from adapters.photo.portrait import Detector
 from adapters.photo.rig import Rig
-from tth_server.controls import EmotionLabel
 
 SHAPES = ("rest", "mbp", "fv", "i", "e", "aa", "o", "u")
 LABEL_PX = 16

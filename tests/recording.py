@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from adapters import registry
 from adapters.base import LLMAdapter, LLMRequest
-from tth_server import registry
 
 
 class RecordingLLM(LLMAdapter):

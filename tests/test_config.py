@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tth_server import registry
-from tth_server.config import DEFAULT_CONFIG_DIR, ConfigError, load_config
+from adapters import registry
+from adapters.errors import ConfigError
+from tth_server.config import DEFAULT_CONFIG_DIR, load_config
 from tth_server.runtime import Runtime
 
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from tth_server.controls import ControlError, ControlPatch, EmotionLabel, resolve
-from tth_server.prosody import prosody_for
+from adapters.controls import ControlError, ControlPatch, EmotionLabel, resolve
+from adapters.prosody import prosody_for
 
 
 def test_each_field_comes_from_the_highest_layer_that_sets_it() -> None:

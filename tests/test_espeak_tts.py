@@ -16,10 +16,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from adapters.controls import Controls, EmotionLabel
 from adapters.errors import ProviderError
 from adapters.espeak.tts import EspeakTTS
-from tth_server.controls import Controls, EmotionLabel
-from tth_server.media import AudioChunk, MarkKind
+from adapters.media import AudioChunk, MarkKind
 
 SENTENCE = "The quick brown fox jumps over the lazy dog, and then it runs far away into the forest."
 

@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 
 from adapters.base import AvatarInput, ControlMapping
+from adapters.controls import ControlPatch, Controls, EmotionLabel, resolve
 from adapters.face.avatar import FaceAvatar
 from adapters.face.render import MOUTH_INTERIOR
 from adapters.face.visemes import viseme_for
-from tth_server.controls import ControlPatch, Controls, EmotionLabel, resolve
-from tth_server.media import AudioChunk, MarkKind, RenderSettings, SpeechMark, VideoEncoding, VideoFrame
+from adapters.media import AudioChunk, MarkKind, RenderSettings, SpeechMark, VideoEncoding, VideoFrame
 
 RATE = 16000
 SETTINGS = RenderSettings()

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from adapters.media import AudioChunk, RenderSettings, VideoEncoding, VideoFrame
 from tth_server.drift import DriftController
 from tth_server.events import (
     AudioOut,
@@ -17,7 +18,6 @@ from tth_server.events import (
     TurnMetrics,
     VideoOut,
 )
-from tth_server.media import AudioChunk, RenderSettings, VideoEncoding, VideoFrame
 from tth_server.outbox import Outbox
 
 

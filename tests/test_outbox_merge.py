@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from adapters.media import AudioChunk, VideoEncoding, VideoFrame
 from tth_server.events import AudioOut, TextOut, VideoOut
-from tth_server.media import AudioChunk, VideoEncoding, VideoFrame
 from tth_server.outbox import MAX_AUDIO_MS, Outbox
 
 

@@ -20,12 +20,12 @@ import pytest
 from PIL import Image
 
 from adapters.base import AvatarInput, ControlMapping
+from adapters.controls import ControlPatch, Controls, EmotionLabel, resolve
+from adapters.media import AudioChunk, RenderSettings, VideoEncoding, VideoFrame
 from adapters.photo.avatar import PhotoAvatar
 from adapters.photo.portrait import DEFAULT_MAX_BYTES, Detector, PortraitError
 from adapters.photo.workers import ProcessRenderer
 from tests.test_face_avatar import RATE, chunks, speech_like
-from tth_server.controls import ControlPatch, Controls, EmotionLabel, resolve
-from tth_server.media import AudioChunk, RenderSettings, VideoEncoding, VideoFrame
 
 skimage_data = pytest.importorskip("skimage.data")
 

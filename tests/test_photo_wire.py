@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 import tth_client
+from adapters.errors import ConfigError
 from tests.conftest import ServerFactory
 from tests.test_photo_avatar import png
 from tth_client import AudioEvent, Client, Outcome, Session, TurnInterruptedEvent, VideoEvent
-from tth_server.config import ConfigError
 
 skimage_data = pytest.importorskip("skimage.data")
 

@@ -16,15 +16,14 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from adapters.errors import ErrorCategory, ProviderError
+from adapters.controls import Controls, EmotionLabel
+from adapters.errors import ConfigError, ErrorCategory, ProviderError
+from adapters.media import AudioChunk, MarkKind
 from adapters.piper.tts import PiperTTS
 from adapters.piper.tts import _split_first as split_first
 from tests.conftest import ServerFactory
 from tth_client import Outcome, Session
 from tth_client.v1 import conversation_pb2 as pb
-from tth_server.config import ConfigError
-from tth_server.controls import Controls, EmotionLabel
-from tth_server.media import AudioChunk, MarkKind
 
 # The voice is shared by the tests that take `tts`, so they run on the module's event loop.
 on_module_loop = pytest.mark.asyncio(loop_scope="module")

@@ -8,10 +8,9 @@ import pytest
 
 from adapters.anthropic.llm import AnthropicLLM
 from adapters.base import LLMRequest, Message
-from adapters.errors import ErrorCategory, ProviderError
+from adapters.errors import ConfigError, ErrorCategory, ProviderError
 from tests.fakes.anthropic import KEY, FakeAnthropic
 from tests.fakes.http import Faults
-from tth_server.config import ConfigError
 
 REQUEST = LLMRequest("You are Sam.", "Tell me something", (Message("user", "Hi"), Message("assistant", "Hello!")))
 

@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from adapters import registry
 from adapters.anam.avatar import AnamAvatar
+from adapters.errors import ConfigError
 from adapters.simli.avatar import SimliAvatar
 from tests.conftest import ServerFactory
 from tests.fakes import anam, simli
@@ -28,8 +30,6 @@ from tests.fakes.webrtc import IDLE_LEVEL, loopback_ice
 from tests.wire import Conversation, arms, is_terminal
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
-from tth_server import registry
-from tth_server.config import ConfigError
 
 SHORT = "Hi. Good to see you, my friend."
 BRIEF = "Hi there."

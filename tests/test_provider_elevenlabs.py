@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from adapters.controls import ControlPatch, Controls, EmotionLabel, resolve
 from adapters.elevenlabs.tts import ElevenLabsTTS, voice_settings
 from adapters.errors import ErrorCategory, ProviderError
 from tests.fakes.elevenlabs import KEY, FakeElevenLabs
 from tests.fakes.http import Faults
-from tth_server.controls import ControlPatch, Controls, EmotionLabel, resolve
 
 
 @pytest.fixture

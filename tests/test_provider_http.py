@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from adapters.errors import ErrorCategory, ProviderError
+from adapters.errors import ConfigError, ErrorCategory, ProviderError
 from adapters.openai._http import (
     PcmChunker,
     api_key,
@@ -19,7 +19,6 @@ from adapters.openai._http import (
     retry_after_s,
     sse_events,
 )
-from tth_server.config import ConfigError
 
 STREAM = (
     ": keep-alive\r\n\r\n"

@@ -7,11 +7,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from adapters.base import LLMRequest, Message, Mode
-from adapters.errors import ErrorCategory, ProviderError
+from adapters.errors import ConfigError, ErrorCategory, ProviderError
 from adapters.openai.chat import OpenAIChat
 from tests.fakes.http import Faults
 from tests.fakes.openai import KEY, FakeOpenAI
-from tth_server.config import ConfigError
 
 REQUEST = LLMRequest("You are Alex.", "Hi there", (Message("user", "Earlier"), Message("assistant", "Reply")))
 

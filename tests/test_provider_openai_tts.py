@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from adapters.controls import ControlPatch, Controls, EmotionLabel, resolve
 from adapters.errors import ErrorCategory, ProviderError
 from adapters.openai.tts import OpenAITTS, instructions_for, speed_for
 from tests.fakes.http import Faults
 from tests.fakes.openai import KEY, FakeOpenAI, pcm_for
-from tth_server.controls import ControlPatch, Controls, EmotionLabel, resolve
 
 TEXT = "Hello there, this is a sentence."
 

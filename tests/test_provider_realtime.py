@@ -10,7 +10,9 @@ import grpc
 import pytest
 
 from adapters.base import LLMRequest, Message
+from adapters.controls import ControlPatch, Controls, EmotionLabel, resolve
 from adapters.errors import ErrorCategory, ProviderError
+from adapters.media import AudioChunk
 from adapters.openai.realtime import OpenAIRealtime, OpenAIRealtimeConversation
 from tests.conftest import ServerFactory
 from tests.fakes.openai import KEY, pcm_for
@@ -18,8 +20,6 @@ from tests.fakes.realtime import FakeRealtime, RealtimeFaults
 from tests.wire import Conversation, arms, is_terminal
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
-from tth_server.controls import ControlPatch, Controls, EmotionLabel, resolve
-from tth_server.media import AudioChunk
 
 UNPACED = {"max_lead_ms": 1_000_000, "outbox_capacity": 100_000}
 

@@ -10,9 +10,11 @@ import grpc
 import pytest
 
 from adapters.base import AvatarAdapter, AvatarInput
+from adapters.controls import ControlPatch, Controls, EmotionLabel, resolve
 from adapters.errors import ErrorCategory, ProviderError
 from adapters.local.stub_avatar import StubAvatar
 from adapters.local.tone_tts import ToneTTS
+from adapters.media import RenderSettings, VideoFrame
 from adapters.remote_avatar.adapter import RemoteAvatar
 from adapters.remote_avatar.worker import build_adapter, serve_worker
 from tests.conftest import ServerFactory
@@ -21,8 +23,6 @@ from tth_client.v1 import avatar_worker_pb2 as wpb
 from tth_client.v1 import avatar_worker_pb2_grpc as wpb_grpc
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
-from tth_server.controls import ControlPatch, Controls, EmotionLabel, resolve
-from tth_server.media import RenderSettings, VideoFrame
 
 SETTINGS = RenderSettings(25, 128, 128)
 UNPACED = {"max_lead_ms": 1_000_000, "outbox_capacity": 100_000}

@@ -25,13 +25,14 @@ import grpc
 import pytest
 
 from adapters.base import LLMAdapter, LLMRequest, Message
+from adapters.controls import ControlPatch, EmotionLabel
+from adapters.errors import ConfigError
+from adapters.media import RenderSettings
 from tests.conftest import ServerFactory
 from tests.wire import Conversation, arms, control, is_terminal
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
-from tth_server.config import ConfigError, StoreSettings, load_config
-from tth_server.controls import ControlPatch, EmotionLabel
-from tth_server.media import RenderSettings
+from tth_server.config import StoreSettings, load_config
 from tth_server.pipeline import SegmentPolicy
 from tth_server.store import MemoryStore, RedisStore, SessionRecord, SessionStore, StoreError
 
@@ -368,7 +369,7 @@ async def test_a_replica_shutting_down_hands_its_sessions_over_without_loss(
 
 
 if __name__ == "__main__":
-    from tth_server import registry
+    from adapters import registry
     from tth_server.cli import main
 
     registry.register("history_echo", HistoryEcho)

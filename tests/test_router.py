@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from adapters.base import AvatarAdapter, AvatarInput, LLMAdapter, LLMRequest, Stage
-from adapters.errors import ErrorCategory, ProviderError
+from adapters.controls import Controls
+from adapters.errors import ConfigError, ErrorCategory, ProviderError
 from adapters.local.stub_avatar import StubAvatar
 from adapters.local.tone_tts import ToneTTS
+from adapters.media import AudioChunk, RenderSettings, VideoFrame
 from adapters.resample import Resampler
-from tth_server.config import BreakerSettings, ComponentConfig, ConfigError, RouterSettings, StageBudget
-from tth_server.controls import Controls
+from tth_server.config import BreakerSettings, ComponentConfig, RouterSettings, StageBudget
 from tth_server.events import StageTiming
-from tth_server.media import AudioChunk, RenderSettings, VideoFrame
 from tth_server.router import (
     Breaker,
     BreakerState,

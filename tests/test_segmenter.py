@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tth_server.controls import EmotionLabel
+from adapters.controls import EmotionLabel
 from tth_server.segmenter import Hint, HintParser, Segmenter
 
 
@@ -69,7 +69,7 @@ def test_hint_tags_split_across_tokens_are_removed_and_reported() -> None:
 def test_a_hint_applies_to_the_segment_it_falls_in_and_after() -> None:
     seg = Segmenter()
     out = list(seg.feed("Hello there, friend. "))
-    from tth_server.controls import ControlPatch
+    from adapters.controls import ControlPatch
 
     seg.hint(ControlPatch(label=EmotionLabel.SAD))
     out += list(seg.feed("Goodbye now. "))

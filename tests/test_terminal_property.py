@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adapters import registry
 from adapters.errors import ErrorCategory
 from adapters.local.knobs import Knobs
 from adapters.local.scripted import ScriptedResponder
@@ -28,7 +29,6 @@ from tests.conftest import ServerFactory
 from tests.wire import Conversation, is_terminal
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
-from tth_server import registry
 
 FAULTS: dict[str, Knobs] = {}  # the injected fault, by stage, for the turn being started
 

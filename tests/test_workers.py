@@ -25,9 +25,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from adapters.errors import ConfigError
 from tests.wire import Conversation
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
-from tth_server.config import ConfigError, load_config
+from tth_server.config import load_config
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT spreads connections on Linux")
 

@@ -1,6 +1,6 @@
 """The limits of the numeric controls, in the one table that the server and the SDK both check.
 
-The server validates every request against `CONTROL_RANGES` (`tth_server.controls`
+The server validates every request against `CONTROL_RANGES` (`adapters.controls`
 imports it from here); the SDK checks the same table before it sends anything, so
 `say(intensity=5)` raises at the call that made the mistake instead of coming back
 as a refusal later. The CLI's `--help` and its fixes quote it too. This module

@@ -18,7 +18,8 @@ from typing import Any
 
 import grpc
 
-from tth_server.config import AuthSettings, ConfigError
+from adapters.errors import ConfigError
+from tth_server.config import AuthSettings
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")

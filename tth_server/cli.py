@@ -7,7 +7,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from tth_server.config import ConfigError, list_profiles, load_config
+from adapters.errors import ConfigError
+from tth_server.config import list_profiles, load_config
 from tth_server.logs import configure
 from tth_server.server import run_until_signalled
 from tth_server.workers import WorkerError, run_workers

@@ -25,6 +25,8 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_vali
 from pydantic.dataclasses import dataclass
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, YamlConfigSettingsSource
 
+from adapters.errors import ConfigError
+
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 STAGES = ("llm", "tts", "avatar", "realtime")
 _SECRET_HINTS = ("api_key", "apikey", "secret", "password", "token")
@@ -35,10 +37,6 @@ _STRICT = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 
 Unlimited = Annotated[int, Field(ge=0, description="0 means unlimited")]
 UnlimitedSeconds = Annotated[float, Field(ge=0, description="0 means unlimited")]
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and the allowed values."""
 
 
 def _only_stages(mapping: Mapping[str, Any], where: str) -> None:

@@ -1,4 +1,7 @@
-"""Proto <-> domain conversion, in one place: requests in (validated), events out."""
+"""Proto <-> domain conversion, in one place: requests in (validated), events out.
+
+The conversions of the plugin types (controls, media, capabilities) are `adapters.protos`'.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.base import Capabilities, Stage
+from adapters.base import Stage
+from adapters.controls import ControlError
+from adapters.media import RenderRequest
+from adapters.protos import audio_to_proto as audio_to_proto
+from adapters.protos import capabilities_to_proto as capabilities_to_proto
+from adapters.protos import fill_audio, fill_frame
+from adapters.protos import frame_to_proto as frame_to_proto
+from adapters.protos import patch_from_proto as patch_from_proto
 from tth_client.v1 import controls_pb2 as cpb
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import media_pb2 as mpb
-from tth_server.controls import ControlError, ControlPatch, EmotionLabel
 from tth_server.errors import bounded
 from tth_server.events import (
     AudioOut,
@@ -30,19 +39,7 @@ from tth_server.events import (
     TurnMetrics,
     VideoOut,
 )
-from tth_server.media import AudioChunk, MarkKind, RenderRequest, VideoEncoding, VideoFrame
 
-_LABELS = {
-    cpb.EMOTION_LABEL_NEUTRAL: EmotionLabel.NEUTRAL,
-    cpb.EMOTION_LABEL_HAPPY: EmotionLabel.HAPPY,
-    cpb.EMOTION_LABEL_SAD: EmotionLabel.SAD,
-    cpb.EMOTION_LABEL_ANGRY: EmotionLabel.ANGRY,
-    cpb.EMOTION_LABEL_SURPRISED: EmotionLabel.SURPRISED,
-    cpb.EMOTION_LABEL_FEARFUL: EmotionLabel.FEARFUL,
-    cpb.EMOTION_LABEL_DISGUSTED: EmotionLabel.DISGUSTED,
-}
-LABEL_TO_PROTO = {v: k for k, v in _LABELS.items()}
-LABEL_FROM_PROTO = _LABELS
 _LATENCY = {cpb.LATENCY_MODE_LOW: "low", cpb.LATENCY_MODE_BALANCED: "balanced", cpb.LATENCY_MODE_QUALITY: "quality"}
 _STAGES = {
     Stage.LLM: pb.STAGE_LLM,
@@ -50,12 +47,6 @@ _STAGES = {
     Stage.AVATAR: pb.STAGE_AVATAR,
     Stage.REALTIME: pb.STAGE_REALTIME,
 }
-_MARKS = {
-    MarkKind.WORD: mpb.SPEECH_MARK_TYPE_WORD,
-    MarkKind.PHONEME: mpb.SPEECH_MARK_TYPE_PHONEME,
-    MarkKind.SENTENCE: mpb.SPEECH_MARK_TYPE_SENTENCE,
-}
-_ENCODINGS = {VideoEncoding.JPEG: mpb.VIDEO_ENCODING_JPEG, VideoEncoding.RAW_RGB: mpb.VIDEO_ENCODING_RAW_RGB}
 _REASONS = {
     InterruptReason.CLIENT: pb.INTERRUPT_REASON_CLIENT,
     InterruptReason.BARGE_IN: pb.INTERRUPT_REASON_BARGE_IN,
@@ -75,8 +66,6 @@ _NOTICES = {
     NoticeKind.SERVER_SHUTTING_DOWN: pb.NOTICE_KIND_SERVER_SHUTTING_DOWN,
 }
 STAGE_TO_PROTO = _STAGES
-MARK_FROM_PROTO = {v: k for k, v in _MARKS.items()}
-ENCODING_FROM_PROTO = {v: k for k, v in _ENCODINGS.items()}
 
 
 # ---- requests in -----------------------------------------------------------------------------------------------
@@ -124,30 +113,6 @@ def tolerant_handlers(add_to_server: Callable[[Any, Any], None], servicer: Any) 
         name: handler._replace(request_deserializer=tolerant(handler.request_deserializer))
         for name, handler in capture.handlers.items()
     }
-
-
-def patch_from_proto(msg: cpb.TurnControl, where: str) -> ControlPatch:
-    """A validated control layer; ControlError names the field (under `where`) and its limit."""
-    e, c = msg.emotion, msg.character
-    label = None
-    if e.label != cpb.EMOTION_LABEL_UNSPECIFIED:
-        if e.label not in _LABELS:
-            raise ControlError(f"{where}.emotion.label: unknown value {e.label}; allowed 1..7 (EMOTION_LABEL_*)")
-        label = _LABELS[e.label]
-    persona_id = c.persona_id if c.HasField("persona_id") else None
-    if persona_id is not None and not persona_id:
-        raise ControlError(f"{where}.character.persona_id must not be empty when set")
-    return ControlPatch(
-        label=label,
-        intensity=e.intensity if e.HasField("intensity") else None,
-        valence=e.valence if e.HasField("valence") else None,
-        arousal=e.arousal if e.HasField("arousal") else None,
-        persona_id=persona_id,
-        speech_rate=c.speech_rate if c.HasField("speech_rate") else None,
-        pitch_shift=c.pitch_shift if c.HasField("pitch_shift") else None,
-        expressivity=c.expressivity if c.HasField("expressivity") else None,
-        motion_gain=c.motion_gain if c.HasField("motion_gain") else None,
-    ).validated(f"{where}.")
 
 
 def render_from_proto(msg: cpb.RenderOptions, where: str) -> RenderRequest:
@@ -221,44 +186,6 @@ def _report(r: ControlReport) -> pb.ControlReport:
     )
 
 
-def audio_to_proto(c: AudioChunk) -> mpb.AudioChunk:
-    return _fill_audio(mpb.AudioChunk(), c)
-
-
-def frame_to_proto(f: VideoFrame) -> mpb.VideoFrame:
-    return _fill_frame(mpb.VideoFrame(), f)
-
-
-def _fill_audio(a: mpb.AudioChunk, c: AudioChunk) -> mpb.AudioChunk:
-    a.data = c.pcm
-    a.sample_rate_hz = c.sample_rate_hz
-    a.timestamp_ms = c.timestamp_ms
-    a.duration_ms = c.duration_ms
-    for m in c.marks:
-        a.marks.add(type=_MARKS[m.kind], timestamp_ms=m.time_ms, text=m.text)
-    return a
-
-
-def _fill_frame(v: mpb.VideoFrame, f: VideoFrame) -> mpb.VideoFrame:
-    v.data = f.data
-    v.encoding = _ENCODINGS[f.encoding]
-    v.width = f.width
-    v.height = f.height
-    v.frame_index = f.frame_index
-    v.timestamp_ms = f.timestamp_ms
-    v.drift_ms = f.drift_ms
-    return v
-
-
-def capabilities_to_proto(caps: Capabilities) -> pb.Capabilities:
-    return pb.Capabilities(
-        streaming=caps.streaming,
-        controls=sorted(caps.controls),
-        emotions=sorted(LABEL_TO_PROTO[e] for e in caps.emotions),
-        speech_marks=caps.speech_marks,
-    )
-
-
 def _payload(event: Event) -> tuple[str, Any]:
     """The oneof arm name and message for an event (shared by Converse and Generate)."""
     if isinstance(event, AudioOut):
@@ -325,17 +252,17 @@ def _media_response(event: AudioOut | VideoOut, session_id: str, seq: int, reque
     """Like `_payload`, but the media message is filled in place instead of built apart and copied in."""
     response = pb.ConverseResponse(session_id=session_id, turn_id=event.turn_id, seq=seq, request_id=request_id)
     if isinstance(event, VideoOut):
-        _fill_frame(response.video, event.frame)
+        fill_frame(response.video, event.frame)
     else:
-        _fill_audio(response.audio, event.chunk)
+        fill_audio(response.audio, event.chunk)
     return response
 
 
 def _fill_batch(message: mpb.MediaBatch, batch: MediaBatch) -> None:
     for chunk in batch.audio:
-        _fill_audio(message.audio.add(), chunk)
+        fill_audio(message.audio.add(), chunk)
     for frame in batch.video:
-        _fill_frame(message.video.add(), frame)
+        fill_frame(message.video.add(), frame)
 
 
 def generate_response(event: Outgoing, seq: int) -> pb.GenerateResponse:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from tth_server.media import RenderSettings, VideoFrame
+from adapters.media import RenderSettings, VideoFrame
 
 
 class DriftController:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from adapters.base import Stage
-from tth_server.media import AudioChunk, RenderSettings, VideoFrame
+from adapters.media import AudioChunk, RenderSettings, VideoFrame
 
 
 class ErrorCode(StrEnum):

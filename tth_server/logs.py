@@ -1,5 +1,7 @@
 """Structured logging: JSON when stderr is not a terminal, console when it is.
 
+The logger itself is `adapters.logs.log`, shared with the adapters; this module configures it.
+
 `session_id` and `turn_id` are bound with contextvars, so every line logged
 while a session or turn runs carries them; each turn ends with one summary line.
 """
@@ -47,6 +49,3 @@ def configure(settings: LogSettings) -> None:
         logger_factory=structlog.PrintLoggerFactory(cast(TextIO, _Stderr())),
         cache_logger_on_first_use=True,
     )
-
-
-log = structlog.get_logger("tth")

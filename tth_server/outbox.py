@@ -33,8 +33,8 @@ import asyncio
 from collections import Counter, deque
 from collections.abc import Callable
 
+from adapters.media import AudioChunk, VideoFrame
 from tth_server.events import AudioOut, Event, MediaBatch, TextOut, TurnCompleted, VideoOut
-from tth_server.media import AudioChunk, VideoFrame
 
 MAX_AUDIO_MS = 200.0  # the longest audio event made by merging queued chunks
 # A stream that batches media takes the media queued behind an event into one message, up to:

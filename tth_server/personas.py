@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from tth_server.controls import ControlError, ControlPatch
+from adapters.controls import ControlError, ControlPatch
+from adapters.media import RenderSettings
 from tth_server.errors import echo
-from tth_server.media import RenderSettings
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,14 +42,14 @@ from adapters.base import (
     Stage,
     TTSAdapter,
 )
+from adapters.controls import ControlPatch, Controls, resolve
 from adapters.errors import ProviderError
+from adapters.logs import log
+from adapters.media import AudioChunk, MarkKind, RenderSettings, SpeechMark, VideoFrame
 from tth_server import metrics
 from tth_server.config import SegmenterSettings
-from tth_server.controls import ControlPatch, Controls, resolve
 from tth_server.drift import DriftController
 from tth_server.events import AppliedControl, ControlReport, DowngradedControl, StageTiming, TurnMetrics
-from tth_server.logs import log
-from tth_server.media import AudioChunk, MarkKind, RenderSettings, SpeechMark, VideoFrame
 from tth_server.personas import Persona
 from tth_server.prompt import system_prompt
 from tth_server.router import begin_turn

@@ -8,7 +8,7 @@ the prompt asks for inline emotion hints the pipeline lifts out of the text.
 from __future__ import annotations
 
 from adapters.base import Applied
-from tth_server.controls import Controls, EmotionLabel
+from adapters.controls import Controls, EmotionLabel
 from tth_server.personas import Persona
 
 _HINT_RULE = (

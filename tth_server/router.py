@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
+from adapters import registry
 from adapters.base import (
     Adapter,
     AvatarAdapter,
@@ -63,14 +64,14 @@ from adapters.base import (
     Stage,
     TTSAdapter,
 )
+from adapters.controls import Controls
 from adapters.errors import ErrorCategory, ProviderError
+from adapters.logs import log
+from adapters.media import AudioChunk, RenderSettings, VideoFrame
 from adapters.resample import Resampler
-from tth_server import metrics, registry
+from tth_server import metrics
 from tth_server.config import ComponentConfig, RouterSettings, StageBudget
-from tth_server.controls import Controls
 from tth_server.events import StageTiming
-from tth_server.logs import log
-from tth_server.media import AudioChunk, RenderSettings, VideoFrame
 
 T = TypeVar("T")
 

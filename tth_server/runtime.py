@@ -16,10 +16,13 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from adapters.base import Adapter, AvatarAdapter, LLMAdapter, PortraitAvatar, RealtimeAdapter, TTSAdapter
+from adapters.controls import ControlError, ControlPatch
+from adapters.errors import ConfigError
+from adapters.logs import log
+from adapters.media import AudioChunk, RenderRequest, RenderSettings, VideoFrame
 from tth_server import metrics, router, tracing
 from tth_server.auth import ANONYMOUS, KeyStore
-from tth_server.config import Config, ConfigError
-from tth_server.controls import ControlError, ControlPatch
+from tth_server.config import Config
 from tth_server.errors import turn_failure
 from tth_server.events import (
     AudioOut,
@@ -34,8 +37,6 @@ from tth_server.events import (
     VideoOut,
 )
 from tth_server.limits import Limits
-from tth_server.logs import log
-from tth_server.media import AudioChunk, RenderRequest, RenderSettings, VideoFrame
 from tth_server.outbox import gather_media
 from tth_server.personas import PersonaCatalog
 from tth_server.pipeline import Pacer, SegmentPolicy, Stages, TurnPipeline, TurnRequest, TurnRun

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tth_server.controls import ControlPatch, EmotionLabel
+from adapters.controls import ControlPatch, EmotionLabel
 
 _TAG = re.compile(r"\[(neutral|happy|sad|angry|surprised|fearful|disgusted)(?:[ :=]([01](?:\.\d+)?))?\]\s*", re.I)
 _MAX_TAG = 24

@@ -25,13 +25,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from adapters.logs import log
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
 from tth_server import metrics, tracing
 from tth_server.auth import AuthInterceptor
 from tth_server.config import Config, TLSSettings
 from tth_server.convert import tolerant_handlers
-from tth_server.logs import log
 from tth_server.runtime import Runtime
 from tth_server.servicer import ConversationServicer
 

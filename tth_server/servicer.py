@@ -20,16 +20,16 @@ from typing import NoReturn
 import grpc
 import structlog
 
+from adapters.controls import ControlError
+from adapters.logs import log
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
 from tth_server import convert
 from tth_server.auth import ANONYMOUS
-from tth_server.controls import ControlError
 from tth_server.convert import Malformed
 from tth_server.errors import STATUS_CODES, bounded
 from tth_server.events import ErrorCode, ErrorOut, InterruptReason, MediaBatch, Notice, NoticeKind
 from tth_server.limits import LimitExceeded
-from tth_server.logs import log
 from tth_server.runtime import Runtime
 from tth_server.session import Attachment, AttachRefused, Session, SessionState
 

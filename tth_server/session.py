@@ -29,9 +29,11 @@ from typing import TYPE_CHECKING
 import structlog
 
 from adapters.base import AvatarConnections, Message, session_avatars
+from adapters.controls import ControlPatch
+from adapters.logs import log
+from adapters.media import AudioChunk, RenderSettings, VideoFrame
 from tth_server import metrics, tracing
 from tth_server.auth import ANONYMOUS
-from tth_server.controls import ControlPatch
 from tth_server.errors import echo, turn_failure
 from tth_server.events import (
     AudioOut,
@@ -48,8 +50,6 @@ from tth_server.events import (
     TurnInterrupted,
     VideoOut,
 )
-from tth_server.logs import log
-from tth_server.media import AudioChunk, RenderSettings, VideoFrame
 from tth_server.outbox import Outbox, ReplayBuffer, gather_media
 from tth_server.pipeline import ConversationSlot, Pacer, SegmentPolicy, TurnRequest, TurnRun
 from tth_server.store import SessionRecord, StoreError

@@ -12,10 +12,10 @@ import asyncio
 from collections.abc import Coroutine, Iterator
 from typing import TYPE_CHECKING
 
+from adapters.logs import log
 from tth_server.errors import echo
 from tth_server.events import ErrorCode, ErrorOut
 from tth_server.limits import LimitExceeded
-from tth_server.logs import log
 from tth_server.session import Attachment, AttachRefused, Resumed, Session, unknown_session
 from tth_server.store import StoreError
 

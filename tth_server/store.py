@@ -30,9 +30,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from adapters.base import Message
-from tth_server.config import ConfigError, StoreSettings
-from tth_server.controls import ControlPatch, EmotionLabel
-from tth_server.media import RenderSettings
+from adapters.controls import ControlPatch, EmotionLabel
+from adapters.errors import ConfigError
+from adapters.media import RenderSettings
+from tth_server.config import StoreSettings
 from tth_server.pipeline import SegmentPolicy
 
 FORMAT = 2  # bumped when SessionRecord's JSON changes; `from_json` reads every format in READABLE_FORMATS

@@ -51,8 +51,10 @@ from typing import Any, TypeAlias
 
 import structlog
 
-from tth_server.config import Config, ConfigError
-from tth_server.logs import configure, log
+from adapters.errors import ConfigError
+from adapters.logs import log
+from tth_server.config import Config
+from tth_server.logs import configure
 from tth_server.server import bound_socket, port_taken, run_until_signalled
 
 PARENT_POLL_S = 1.0  # how often a worker checks that its supervisor is alive

@@ -30,9 +30,9 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from adapters.base import Applied, Capabilities, ControlMapping, Downgrade, Mode, TTSAdapter
+from adapters.controls import Controls, EmotionLabel
+from adapters.media import AudioChunk
 from adapters.openai._http import PcmChunker, ProviderHTTP, api_key, base_url
-from tth_server.controls import Controls, EmotionLabel
-from tth_server.media import AudioChunk
 
 ELEVENLABS_URL = "https://api.elevenlabs.io"
 DEFAULT_VOICE = "21m00Tcm4TlvDq8ikWAM"

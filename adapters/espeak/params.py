@@ -1,7 +1,7 @@
 """Controls to espeak-ng parameters: the shared prosody in espeak's own units, and a voice per persona.
 
 The emotion and character controls first become provider-neutral prosody through
-`tth_server.prosody.prosody_for` (its docstring has the table: e.g. happy is faster,
+`adapters.prosody.prosody_for` (its docstring has the table: e.g. happy is faster,
 higher and wider, sad slower, lower, narrower and softer, each row scaled by
 intensity, with arousal on rate and volume and valence on pitch). This module puts
 that prosody on espeak's four knobs; nothing is simulated:
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.base import Applied, ControlMapping, Downgrade
-from tth_server.controls import Controls
-from tth_server.prosody import prosody_for
+from adapters.controls import Controls
+from adapters.prosody import prosody_for
 
 from .binding import RATE_MAX_WPM, RATE_MIN_WPM, RATE_NORMAL_WPM, Parameter
 

@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from adapters.framing import MarkedChunker
-from tth_server.media import AudioChunk, MarkKind, SpeechMark
+from adapters.media import AudioChunk, MarkKind, SpeechMark
 
 from .binding import Event, EventType
 

@@ -23,8 +23,8 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from adapters.base import Capabilities, ControlMapping, HealthStatus, TTSAdapter
-from tth_server.controls import Controls, EmotionLabel
-from tth_server.media import AudioChunk
+from adapters.controls import Controls, EmotionLabel
+from adapters.media import AudioChunk
 
 from . import params as espeak_params
 from .pool import MAX_WORKERS, EspeakPool

@@ -20,10 +20,10 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from adapters.controls import EmotionLabel
 from adapters.face.animation import Pose
 from adapters.face.looks import Look, expression_for
 from adapters.face.render import EyeState, FaceLayers
-from tth_server.controls import EmotionLabel
 
 
 @dataclass(frozen=True, slots=True)

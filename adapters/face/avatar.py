@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.base import Applied, AvatarAdapter, AvatarInput, Capabilities, ControlMapping, Downgrade
+from adapters.controls import Controls, EmotionLabel
 from adapters.face.animation import Blinker, Envelope, HeadMotion, Pose, rms
 from adapters.face.atlas import Atlas, FaceKey
 from adapters.face.looks import (
@@ -42,8 +43,7 @@ from adapters.face.render import EyeState
 from adapters.face.visemes import REST, envelope_shape, viseme_for
 from adapters.framing import FrameClock, FrameWindow
 from adapters.local.knobs import Knobs
-from tth_server.controls import Controls, EmotionLabel
-from tth_server.media import MarkKind, RenderSettings, SpeechMark, VideoEncoding, VideoFrame
+from adapters.media import MarkKind, RenderSettings, SpeechMark, VideoEncoding, VideoFrame
 
 HONOURED = frozenset(
     {

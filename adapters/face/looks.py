@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from tth_server.controls import EmotionLabel
+from adapters.controls import EmotionLabel
 
 Rgb = tuple[int, int, int]
 

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from adapters.base import AvatarAdapter, AvatarInput, Capabilities
 from adapters.framing import FrameClock
 from adapters.local.knobs import Knobs
-from tth_server.media import RenderSettings, VideoEncoding, VideoFrame
+from adapters.media import RenderSettings, VideoEncoding, VideoFrame
 
 LEVELS = 6
 _FULL_SCALE_RMS = 6000.0

@@ -3,7 +3,7 @@
 Not speech: each word becomes a voiced tone (a few harmonics under an envelope)
 whose length follows the word's syllables and the speaking rate, with pauses
 between words and longer ones at punctuation. Pitch, pitch movement, rate and
-volume follow the controls through `tth_server.prosody`, so emotions and
+volume follow the controls through `adapters.prosody`, so emotions and
 personas give measurably different audio, and word marks are exact. It stands in
 for a TTS in tests and benchmarks; the `local` profile uses espeak-ng.
 
@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from adapters.base import Applied, Capabilities, ControlMapping, Downgrade, TTSAdapter
+from adapters.controls import Controls, EmotionLabel
 from adapters.local.knobs import Knobs
-from tth_server.controls import Controls, EmotionLabel
-from tth_server.media import AudioChunk, MarkKind, SpeechMark
-from tth_server.prosody import prosody_for
+from adapters.media import AudioChunk, MarkKind, SpeechMark
+from adapters.prosody import prosody_for
 
 _WORD = re.compile(r"\S+")
 _VOWELS = re.compile(r"[aeiouy]+", re.IGNORECASE)

@@ -28,9 +28,8 @@ from typing import Any
 import httpx
 from httpx_sse import EventSource, ServerSentEvent, SSEError
 
-from adapters.errors import ErrorCategory, ProviderError
-from tth_server.config import ConfigError
-from tth_server.media import BYTES_PER_SAMPLE, AudioChunk
+from adapters.errors import ConfigError, ErrorCategory, ProviderError
+from adapters.media import BYTES_PER_SAMPLE, AudioChunk
 
 _ERROR_BODY_LIMIT = 4096
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")

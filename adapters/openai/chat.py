@@ -29,8 +29,8 @@ from typing import Any
 
 from adapters.base import Capabilities, LLMAdapter, LLMRequest, Mode
 from adapters.errors import ErrorCategory, ProviderError
+from adapters.logs import log
 from adapters.openai._http import ProviderHTTP, api_key, base_url, json_event, sse_events
-from tth_server.logs import log
 
 OPENAI_URL = "https://api.openai.com/v1"
 

@@ -53,12 +53,12 @@ from adapters.base import (
     RealtimeAdapter,
     RealtimeConversation,
 )
+from adapters.controls import Controls, EmotionLabel
 from adapters.errors import ErrorCategory, ProviderError
+from adapters.logs import log
+from adapters.media import AudioChunk
 from adapters.openai._http import PcmChunker, api_key, base_url, error_from_payload, error_from_status, redact
 from adapters.openai.chat import OPENAI_URL
-from tth_server.controls import Controls, EmotionLabel
-from tth_server.logs import log
-from tth_server.media import AudioChunk
 
 VOICES: dict[EmotionLabel, str] = {
     EmotionLabel.NEUTRAL: "coral",

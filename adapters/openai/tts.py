@@ -34,10 +34,10 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from adapters.base import Applied, Capabilities, ControlMapping, Downgrade, Mode, TTSAdapter
+from adapters.controls import Controls, EmotionLabel
+from adapters.media import AudioChunk
 from adapters.openai._http import PcmChunker, ProviderHTTP, api_key, base_url
 from adapters.openai.chat import OPENAI_URL
-from tth_server.controls import Controls, EmotionLabel
-from tth_server.media import AudioChunk
 
 VOICES: dict[EmotionLabel, str] = {
     EmotionLabel.NEUTRAL: "nova",

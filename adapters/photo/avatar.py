@@ -59,6 +59,7 @@ from adapters.base import (
     Downgrade,
     PortraitAvatar,
 )
+from adapters.controls import Controls, EmotionLabel
 from adapters.errors import ErrorCategory, ProviderError
 from adapters.face.animation import Blinker, Envelope, HeadMotion, rms
 from adapters.face.avatar import HONOURED, blink_rate, motion_scale, viseme_weights
@@ -67,11 +68,10 @@ from adapters.face.render import EyeState
 from adapters.face.visemes import ENVELOPE_LEVELS, REST, VISEMES, MouthShape
 from adapters.framing import FrameClock, FrameWindow
 from adapters.local.knobs import Knobs
+from adapters.media import MarkKind, RenderSettings, VideoEncoding, VideoFrame
 from adapters.photo.portrait import DEFAULT_MAX_BYTES, Detector, Limits, Portrait, PortraitError, digest_of
 from adapters.photo.rig import FacePose, Rig
 from adapters.photo.workers import Rigs, renderer
-from tth_server.controls import Controls, EmotionLabel
-from tth_server.media import MarkKind, RenderSettings, VideoEncoding, VideoFrame
 
 EASE_MS = 30.0
 """Time constant of the mouth easing towards each frame's target: about one frame at 25 fps."""

@@ -1,6 +1,6 @@
 """Controls to Piper's synthesis knobs, and what Piper cannot do, reported as such.
 
-The controls first become provider-neutral prosody (`tth_server.prosody.prosody_for`,
+The controls first become provider-neutral prosody (`adapters.prosody.prosody_for`,
 the same table espeak-ng uses), which is then put on the three numbers a VITS voice
 takes per run, plus a gain:
 
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.base import Applied, ControlMapping, Downgrade
-from tth_server.controls import Controls
-from tth_server.prosody import prosody_for
+from adapters.controls import Controls
+from adapters.prosody import prosody_for
 
 LENGTH_LIMITS = (0.5, 2.0)
 NOISE_LIMITS = (0.0, 1.2)

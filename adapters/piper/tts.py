@@ -42,13 +42,12 @@ from typing import Any
 import structlog
 
 from adapters.base import Capabilities, ControlMapping, HealthStatus, TTSAdapter
-from adapters.errors import ErrorCategory, ProviderError
+from adapters.controls import Controls, EmotionLabel
+from adapters.errors import ConfigError, ErrorCategory, ProviderError
 from adapters.espeak.tts import _int_option
 from adapters.face.visemes import viseme_for
 from adapters.framing import MarkedChunker
-from tth_server.config import ConfigError
-from tth_server.controls import Controls, EmotionLabel
-from tth_server.media import AudioChunk, MarkKind, SpeechMark
+from adapters.media import AudioChunk, MarkKind, SpeechMark
 
 from . import params as piper_params
 from .voice import DEFAULT_VOICE, PiperEngine, Rendered, VoiceLoadError, default_cache_dir, resolve

@@ -35,14 +35,13 @@ from adapters.base import (
     HealthStatus,
     Mode,
 )
-from adapters.errors import ErrorCategory, ProviderError
+from adapters.controls import PUBLIC_NAMES, Controls
+from adapters.errors import ConfigError, ErrorCategory, ProviderError
+from adapters.logs import log
+from adapters.media import RenderSettings, VideoFrame
 from adapters.remote_avatar import wire
 from tth_client.v1 import avatar_worker_pb2 as wpb
 from tth_client.v1 import avatar_worker_pb2_grpc as wpb_grpc
-from tth_server.config import ConfigError
-from tth_server.controls import PUBLIC_NAMES, Controls
-from tth_server.logs import log
-from tth_server.media import RenderSettings, VideoFrame
 
 
 class RemoteAvatar(AvatarAdapter):

@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import grpc
 
+from adapters import protos
 from adapters.base import Capabilities
+from adapters.controls import Controls, resolve
 from adapters.errors import ErrorCategory
+from adapters.media import AudioChunk, RenderSettings, SpeechMark, VideoFrame
 from tth_client.v1 import avatar_worker_pb2 as wpb
 from tth_client.v1 import controls_pb2 as cpb
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import media_pb2 as mpb
-from tth_server import convert
-from tth_server.controls import Controls, resolve
-from tth_server.media import AudioChunk, RenderSettings, SpeechMark, VideoFrame
 
-_LABELS_BACK = convert.LABEL_FROM_PROTO
-_MARKS_BACK = convert.MARK_FROM_PROTO
-_ENCODINGS_BACK = convert.ENCODING_FROM_PROTO
-# The conversions to protos are the servicer's own (one place for each message).
-audio_to_proto = convert.audio_to_proto
-frame_to_proto = convert.frame_to_proto
-capabilities_to_proto = convert.capabilities_to_proto
+_LABELS_BACK = protos.LABEL_FROM_PROTO
+_MARKS_BACK = protos.MARK_FROM_PROTO
+_ENCODINGS_BACK = protos.ENCODING_FROM_PROTO
+# The conversions to protos are shared with the servicer (one place for each message).
+audio_to_proto = protos.audio_to_proto
+frame_to_proto = protos.frame_to_proto
+capabilities_to_proto = protos.capabilities_to_proto
 
 # A worker's gRPC status, as the router classifies provider errors.
 STATUS_CATEGORIES: dict[grpc.StatusCode, ErrorCategory] = {
@@ -78,7 +78,7 @@ def audio_from_proto(msg: mpb.AudioChunk) -> AudioChunk:
 def controls_to_proto(c: Controls) -> cpb.TurnControl:
     return cpb.TurnControl(
         emotion=cpb.EmotionControl(
-            label=convert.LABEL_TO_PROTO[c.label], intensity=c.intensity, valence=c.valence, arousal=c.arousal
+            label=protos.LABEL_TO_PROTO[c.label], intensity=c.intensity, valence=c.valence, arousal=c.arousal
         ),
         character=cpb.CharacterControl(
             persona_id=c.persona_id,
@@ -92,7 +92,7 @@ def controls_to_proto(c: Controls) -> cpb.TurnControl:
 
 def controls_from_proto(msg: cpb.TurnControl) -> Controls:
     """Resolved controls; fields the client left unset take the built-in defaults."""
-    return resolve([("remote", convert.patch_from_proto(msg, "audio.control"))])
+    return resolve([("remote", protos.patch_from_proto(msg, "audio.control"))])
 
 
 def frame_from_proto(msg: mpb.VideoFrame) -> VideoFrame:

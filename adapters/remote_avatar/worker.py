@@ -28,13 +28,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from adapters.base import AvatarAdapter, AvatarInput, ControlMapping
-from adapters.errors import ProviderError
+from adapters.controls import ControlError, Controls
+from adapters.errors import ConfigError, ProviderError
+from adapters.logs import log
 from adapters.remote_avatar import wire
 from tth_client.v1 import avatar_worker_pb2 as wpb
 from tth_client.v1 import avatar_worker_pb2_grpc as wpb_grpc
-from tth_server.config import ConfigError
-from tth_server.controls import ControlError, Controls
-from tth_server.logs import log
 
 SERVICE_NAME = wpb.DESCRIPTOR.services_by_name["AvatarWorkerService"].full_name
 
@@ -132,7 +131,7 @@ async def serve_worker(adapter: AvatarAdapter, listen: str, *, max_concurrent: i
 
 def build_adapter(name: str, options: Mapping[str, Any]) -> AvatarAdapter:
     """An avatar adapter by registered name, as the TTH server would build it."""
-    from tth_server.registry import adapter_class
+    from adapters.registry import adapter_class
 
     cls = adapter_class(name, "--adapter")
     if not issubclass(cls, AvatarAdapter):

@@ -45,11 +45,10 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from adapters.base import AvatarConnection, Mode, SessionAvatarAdapter
-from adapters.errors import ErrorCategory, ProviderError
+from adapters.errors import ConfigError, ErrorCategory, ProviderError
+from adapters.logs import log
 from adapters.openai._http import ProviderHTTP, api_key, base_url, error_from_status, redact, transport_error
 from adapters.webrtc import ReceivingPeer, WebRTCConnection, require_aiortc
-from tth_server.config import ConfigError
-from tth_server.logs import log
 
 SAMPLE_RATE_HZ = 16_000
 _MAX_MESSAGE_BYTES = 6000  # what the SDK sends at most per WebSocket message

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tth_server.controls import Controls, EmotionLabel
+from adapters.controls import Controls, EmotionLabel
 
 # label: (rate multiplier, pitch semitones, range multiplier, volume multiplier)
 EMOTION_PROSODY: dict[EmotionLabel, tuple[float, float, float, float]] = {

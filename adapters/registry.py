@@ -13,7 +13,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from adapters.base import Adapter
-from tth_server.config import ConfigError
+from adapters.errors import ConfigError
 
 GROUP = "tth.adapters"
 _registered: dict[str, type[Adapter]] = {}
