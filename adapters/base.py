@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal, Self
 
 from adapters.controls import PUBLIC_NAMES, Controls, EmotionLabel
 from adapters.media import AudioChunk, RenderSettings, VideoFrame
+from adapters.options import AdapterOptions, GivenOptions, parse_options
 
 
 class Stage(StrEnum):
@@ -112,15 +113,19 @@ class Adapter(ABC):
 
     stage: ClassVar[Stage]
     mode: ClassVar[Mode] = Mode.LOCAL
+    # The adapter's options as a typed model (see `adapters.options`); a subclass names its own
+    # and declares `options: ThatModel`, so its code reads typed attributes.
+    Options: ClassVar[type[AdapterOptions]] = AdapterOptions
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, options: GivenOptions) -> None:
+        """`options` as the configuration gives them, or already validated; ConfigError names a bad one."""
         self.name = name
-        self.options = dict(options)
+        self.options = parse_options(self.Options, options)
 
     @property
     def model(self) -> str:
         """The provider's model name, where there is one."""
-        return str(self.options.get("model", ""))
+        return str(getattr(self.options, "model", ""))
 
     async def start(self) -> None:
         """Connect, load or warm up; called once before the first use."""

@@ -14,6 +14,7 @@ from typing import Any
 
 from adapters.base import Adapter
 from adapters.errors import ConfigError
+from adapters.options import parse_options
 
 GROUP = "tth.adapters"
 _registered: dict[str, type[Adapter]] = {}
@@ -48,8 +49,9 @@ def create(stage: str, name: str, options: Mapping[str, Any], where: str) -> Ada
     cls = adapter_class(name, f"{where}.adapter")
     if cls.stage.value != stage:
         raise ConfigError(f"{where}.adapter: {name!r} is a {cls.stage.value} adapter, not {stage}")
+    parsed = parse_options(cls.Options, options, f"{where}.options")
     try:
-        return cls(name, options)
+        return cls(name, parsed)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     except ValueError as exc:

@@ -242,5 +242,5 @@ async def test_a_render_worker_that_dies_is_replaced_and_the_frames_go_on(astron
 
 
 def test_render_processes_must_not_be_negative() -> None:
-    with pytest.raises(ValueError, match="render_processes must be 0 \\(threads\\) or more, got -1"):
+    with pytest.raises(ValueError, match=r"render_processes must be >= 0 \(0 renders in threads\), got -1"):
         PhotoAvatar("photo", {"render_processes": -1})

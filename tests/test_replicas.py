@@ -356,7 +356,7 @@ async def test_a_replica_shutting_down_hands_its_sessions_over_without_loss(
 
 
 if __name__ == "__main__":
-    from tth_server import registry
+    from adapters import registry
     from tth_server.cli import main
 
     registry.register("history_echo", HistoryEcho)
