@@ -3,7 +3,8 @@
 Every adapter, ours included, is declared in the `tth.adapters` entry-point
 group (see pyproject.toml), so a third-party package adds providers by
 declaring its own entries; `register()` adds one in-process. An unknown name
-fails at start with the list of known names.
+fails at start with the list of known names; `create` validates the options
+against the adapter's `Options` model (see `adapters.options`) before building it.
 """
 
 from __future__ import annotations
