@@ -23,9 +23,9 @@ from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 
 from adapters.controls import PUBLIC_NAMES, Controls, EmotionLabel
-from adapters.errors import ConfigError
 from adapters.logs import log
 from adapters.media import AudioChunk, RenderSettings, VideoFrame
+from adapters.options import AdapterOptions, GivenOptions, parse_options
 
 
 class Stage(StrEnum):
@@ -114,15 +114,19 @@ class Adapter(ABC):
 
     stage: ClassVar[Stage]
     mode: ClassVar[Mode] = Mode.LOCAL
+    # The adapter's options as a typed model (see `adapters.options`); a subclass names its own
+    # and declares `options: ThatModel`, so its code reads typed attributes.
+    Options: ClassVar[type[AdapterOptions]] = AdapterOptions
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, options: GivenOptions) -> None:
+        """`options` as the configuration gives them, or already validated; ConfigError names a bad one."""
         self.name = name
-        self.options = dict(options)
+        self.options = parse_options(self.Options, options)
 
     @property
     def model(self) -> str:
         """The provider's model name, where there is one."""
-        return str(self.options.get("model", ""))
+        return str(getattr(self.options, "model", ""))
 
     async def start(self) -> None:
         """Connect, load or warm up; called once before the first use."""
@@ -354,7 +358,6 @@ def _retrieved(task: asyncio.Task[AvatarConnection]) -> None:
 session_avatars: ContextVar[AvatarConnections | None] = ContextVar("tth_session_avatars", default=None)
 """The running session's avatar connections; a turn's task sees its session's (a Generate call: none)."""
 
-CONNECT_MODES = ("session_start", "first_turn")
 ConnectMode = Literal["session_start", "first_turn"]
 
 
@@ -371,12 +374,10 @@ class SessionAvatarAdapter(AvatarAdapter):
     clean; a connection that failed is closed and the next turn opens a new one.
     """
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
-        connect = self.options.get("connect", "session_start")
-        if connect not in CONNECT_MODES:
-            raise ConfigError(f"{name}: options.connect must be one of {', '.join(CONNECT_MODES)}, got {connect!r}")
-        self.connect_on: ConnectMode = connect
+        # Each provider's options model declares `connect: ConnectMode` (validated with the other options).
+        self.connect_on: ConnectMode = getattr(self.options, "connect", "session_start")
 
     @abstractmethod
     async def connect(self) -> AvatarConnection:

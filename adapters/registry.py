@@ -3,7 +3,8 @@
 Every adapter, ours included, is declared in the `tth.adapters` entry-point
 group (see pyproject.toml), so a third-party package adds providers by
 declaring its own entries; `register()` adds one in-process. An unknown name
-fails at start with the list of known names.
+fails at start with the list of known names; `create` validates the options
+against the adapter's `Options` model (see `adapters.options`) before building it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from adapters.base import Adapter
 from adapters.errors import ConfigError
+from adapters.options import parse_options
 
 GROUP = "tth.adapters"
 _registered: dict[str, type[Adapter]] = {}
@@ -48,8 +50,9 @@ def create(stage: str, name: str, options: Mapping[str, Any], where: str) -> Ada
     cls = adapter_class(name, f"{where}.adapter")
     if cls.stage.value != stage:
         raise ConfigError(f"{where}.adapter: {name!r} is a {cls.stage.value} adapter, not {stage}")
+    parsed = parse_options(cls.Options, options, f"{where}.options")
     try:
-        return cls(name, options)
+        return cls(name, parsed)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     except ValueError as exc:

@@ -19,30 +19,42 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from pydantic.dataclasses import dataclass
 
 from adapters import registry
 from adapters.base import AvatarAdapter, AvatarInput, Capabilities, ControlMapping, LLMAdapter, LLMRequest, TTSAdapter
 from adapters.local.stub_avatar import _frames as stub_frames
 from adapters.media import AudioChunk, MarkKind, RenderSettings, SpeechMark, VideoEncoding, VideoFrame
+from adapters.options import OPTIONS, AdapterOptions, GivenOptions
 
 _TOKEN = re.compile(r"\s*\S+")
 _WORD = re.compile(r"\S+")
 DEFAULT_REPLY = "Hello! It is good to hear from you, and I am glad you asked. Here is a short answer for the bench."
 
 
+@dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class BenchLLMOptions(AdapterOptions):
+    reply: str = DEFAULT_REPLY
+    first_byte_ms: float = 0.0
+    tokens_per_s: float = 0.0
+
+
 class BenchLLM(LLMAdapter):
     """A fixed reply on a fixed schedule. Options: reply, first_byte_ms, tokens_per_s."""
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    Options = BenchLLMOptions
+    options: BenchLLMOptions
+
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
-        self.tokens = tuple(_TOKEN.findall(str(options.get("reply", DEFAULT_REPLY))))
-        self._first_s = float(options.get("first_byte_ms", 0.0)) / 1000
-        rate = float(options.get("tokens_per_s", 0.0))
+        self.tokens = tuple(_TOKEN.findall(self.options.reply))
+        self._first_s = self.options.first_byte_ms / 1000
+        rate = self.options.tokens_per_s
         self._interval_s = 1.0 / rate if rate > 0 else 0.0
 
     def capabilities(self) -> Capabilities:
@@ -71,17 +83,29 @@ def _tone(rate: int, seconds: float = 120.0) -> bytes:
     return (np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes()
 
 
+@dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class BenchTTSOptions(AdapterOptions):
+    sample_rate_hz: int = 24000
+    chunk_ms: float = 40.0
+    ms_per_char: float = 65.0
+    first_byte_ms: float = 0.0
+    realtime_factor: float = 0.0
+
+
 class BenchTTS(TTSAdapter):
     """Pre-rendered audio, `ms_per_char` of it per character. Options: sample_rate_hz, chunk_ms,
     ms_per_char, first_byte_ms, realtime_factor (1: chunks come at the pace of real time)."""
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    Options = BenchTTSOptions
+    options: BenchTTSOptions
+
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
-        self._rate = int(options.get("sample_rate_hz", 24000))
-        self._chunk_bytes = 2 * max(1, int(self._rate * float(options.get("chunk_ms", 40)) / 1000))
-        self._ms_per_char = float(options.get("ms_per_char", 65.0))
-        self._first_s = float(options.get("first_byte_ms", 0.0)) / 1000
-        self._realtime_factor = float(options.get("realtime_factor", 0.0))
+        self._rate = self.options.sample_rate_hz
+        self._chunk_bytes = 2 * max(1, int(self._rate * self.options.chunk_ms / 1000))
+        self._ms_per_char = self.options.ms_per_char
+        self._first_s = self.options.first_byte_ms / 1000
+        self._realtime_factor = self.options.realtime_factor
         self._pcm = _tone(self._rate)
 
     @property

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
+
+from pydantic.dataclasses import dataclass
 
 from adapters import registry
 from adapters.base import LLMAdapter, LLMRequest
+from adapters.options import OPTIONS, AdapterOptions, GivenOptions
+
+
+@dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class RecordingOptions(AdapterOptions):
+    reply: str = "Hello there. This is a recorded reply."
+    token_delay_ms: float = 0.0
 
 
 class RecordingLLM(LLMAdapter):
     requests: list[LLMRequest] = []
+    Options = RecordingOptions
+    options: RecordingOptions
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
-        self._reply = str(options.get("reply", "Hello there. This is a recorded reply."))
-        self._delay = float(options.get("token_delay_ms", 0.0)) / 1000
+        self._reply = self.options.reply
+        self._delay = self.options.token_delay_ms / 1000
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
         RecordingLLM.requests.append(request)

@@ -116,3 +116,27 @@ def test_switching_an_adapter_is_a_config_change_only() -> None:
 @pytest.fixture(autouse=True)
 def _recording_registered() -> None:
     import tests.recording  # noqa: F401  (registers recording_llm)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"TTH_COMPONENTS__TTS__OPTIONS__CHUNK_MSS": "40"},
+            "components.tts.options.chunk_mss is not a setting; allowed: ['chunk_ms', 'fail_after', ",
+        ),
+        ({"TTH_COMPONENTS__TTS__OPTIONS__CHUNK_MS": "fast"}, "components.tts.options.chunk_ms must be a number, got"),
+        (
+            {"TTH_COMPONENTS__LLM__OPTIONS__FAIL_CATEGORY": "oops"},
+            "components.llm.options.fail_category must be one of 'auth', ",
+        ),
+        (
+            {"TTH_COMPONENTS__TTS__ADAPTER": "espeak_tts", "TTH_COMPONENTS__TTS__OPTIONS__WORKERS": "99"},
+            "components.tts.options.workers must be <= 8, got 99",
+        ),
+    ],
+)
+def test_an_unknown_or_mistyped_adapter_option_fails_at_start_naming_it(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Runtime(load_config("mock", env=env))
+    assert str(err.value).startswith(message), str(err.value)

@@ -286,5 +286,5 @@ async def test_audio_faster_than_real_time_waits_for_every_pose(astronaut: bytes
 
 
 def test_render_processes_must_not_be_negative() -> None:
-    with pytest.raises(ValueError, match="render_processes must be 0 \\(threads\\) or more, got -1"):
+    with pytest.raises(ValueError, match=r"render_processes must be >= 0 \(0 renders in threads\), got -1"):
         PhotoAvatar("photo", {"render_processes": -1})

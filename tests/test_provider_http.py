@@ -12,6 +12,7 @@ import pytest
 from adapters.errors import ConfigError, ErrorCategory, ProviderError
 from adapters.openai._http import (
     PcmChunker,
+    ProviderOptions,
     api_key,
     base_url,
     error_from_payload,
@@ -162,20 +163,25 @@ def test_keys_are_redacted_from_error_text() -> None:
 
 def test_a_missing_key_names_the_variable_and_a_pasted_key_is_not_echoed() -> None:
     with pytest.raises(ConfigError, match="set the environment variable OPENAI_API_KEY"):
-        api_key({}, "openai_chat", "OPENAI_API_KEY", env={})
+        api_key(ProviderOptions(), "openai_chat", "OPENAI_API_KEY", env={})
     with pytest.raises(ConfigError, match="set the environment variable MY_KEY"):
-        api_key({"api_key_env": "MY_KEY"}, "x", "OPENAI_API_KEY", env={})
+        api_key(ProviderOptions(api_key_env="MY_KEY"), "x", "OPENAI_API_KEY", env={})
     with pytest.raises(ConfigError) as err:
-        api_key({"api_key_env": "sk-live-abc"}, "x", "OPENAI_API_KEY", env={})
+        api_key(ProviderOptions(api_key_env="sk-live-abc"), "x", "OPENAI_API_KEY", env={})
     assert "sk-live-abc" not in str(err.value)
-    assert api_key({"api_key_required": False}, "x", "OPENAI_API_KEY", env={}) is None
-    assert api_key({}, "x", "OPENAI_API_KEY", env={"OPENAI_API_KEY": " k "}) == "k"
+    assert api_key(ProviderOptions(api_key_required=False), "x", "OPENAI_API_KEY", env={}) is None
+    assert api_key(ProviderOptions(), "x", "OPENAI_API_KEY", env={"OPENAI_API_KEY": " k "}) == "k"
 
 
 def test_base_url_from_options_then_environment_then_default() -> None:
-    assert base_url({}, "x", "https://api.openai.com/v1", "OPENAI_BASE_URL", env={}) == "https://api.openai.com/v1"
+    assert (
+        base_url(ProviderOptions(), "x", "https://api.openai.com/v1", "OPENAI_BASE_URL", env={})
+        == "https://api.openai.com/v1"
+    )
     env = {"OPENAI_BASE_URL": "http://gpu:8000/v1/"}
-    assert base_url({}, "x", "https://d", "OPENAI_BASE_URL", env=env) == "http://gpu:8000/v1"
-    assert base_url({"base_url": "http://o/v1"}, "x", "https://d", "OPENAI_BASE_URL", env=env) == "http://o/v1"
+    assert base_url(ProviderOptions(), "x", "https://d", "OPENAI_BASE_URL", env=env) == "http://gpu:8000/v1"
+    assert (
+        base_url(ProviderOptions(base_url="http://o/v1"), "x", "https://d", "OPENAI_BASE_URL", env=env) == "http://o/v1"
+    )
     with pytest.raises(ConfigError, match="OPENAI_BASE_URL"):
-        base_url({"base_url_required": True}, "x", "https://d", "OPENAI_BASE_URL", env={})
+        base_url(ProviderOptions(base_url_required=True), "x", "https://d", "OPENAI_BASE_URL", env={})

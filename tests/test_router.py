@@ -17,6 +17,7 @@ from adapters.errors import ConfigError, ErrorCategory, ProviderError
 from adapters.local.stub_avatar import StubAvatar
 from adapters.local.tone_tts import ToneTTS
 from adapters.media import AudioChunk, RenderSettings, VideoFrame
+from adapters.options import GivenOptions
 from adapters.resample import Resampler
 from tth_server.config import BreakerSettings, ComponentConfig, RouterSettings, StageBudget
 from tth_server.events import StageTiming
@@ -266,7 +267,7 @@ async def test_the_turn_record_says_who_served_first_and_that_a_fallback_fired()
 
 
 class PlanTTS(ToneTTS):
-    def __init__(self, name: str, options: dict[str, Any], fail_calls: set[int]) -> None:
+    def __init__(self, name: str, options: GivenOptions, fail_calls: set[int]) -> None:
         super().__init__(name, options)
         self.fail_calls, self.calls = fail_calls, 0
 

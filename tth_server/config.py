@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import field, fields, is_dataclass
+from dataclasses import field
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -26,6 +26,7 @@ from pydantic.dataclasses import dataclass
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, YamlConfigSettingsSource
 
 from adapters.errors import ConfigError
+from adapters.options import describe_error
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 STAGES = ("llm", "tts", "avatar", "realtime")
@@ -364,73 +365,11 @@ def _refuse_secrets(data: Any, where: str) -> None:
 
 # ---- errors -------------------------------------------------------------------------------------------------------
 
-_KINDS = {
-    "int_parsing": "an integer",
-    "int_type": "an integer",
-    "int_from_float": "an integer",
-    "float_parsing": "a number",
-    "float_type": "a number",
-    "bool_parsing": "true or false",
-    "bool_type": "true or false",
-    "string_type": "a string",
-}
 _NOT_READ = ("config_dir", "api_keys")  # Config's fields that come from where it is read, not from a file
-_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
-
-
-def _key(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _field_at(loc: tuple[int | str, ...]) -> tuple[Any, Any]:
-    """(the type that holds the setting at `loc`, the setting's pydantic FieldInfo or None)."""
-    holder: Any = Config
-    info = None
-    for part in loc:
-        if is_dataclass(holder) and isinstance(part, str):
-            info = getattr(holder, "__pydantic_fields__", {}).get(part)
-            holder = info.annotation if info is not None else None
-        elif get_origin(holder) in (dict, tuple):
-            info, holder = None, get_args(holder)[-1 if get_origin(holder) is dict else 0]
-        else:
-            return None, None
-    return holder, info
-
-
-def _message(error: Any) -> str:
-    loc = tuple(error["loc"])
-    key, kind, given = _key(loc), error["type"], error.get("input")
-    ctx = error.get("ctx") or {}
-    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        holder, _ = _field_at(loc[:-1])
-        allowed = sorted(f.name for f in fields(holder) if f.name not in _NOT_READ) if is_dataclass(holder) else []
-        return f"{key} is not a setting; allowed: {allowed}"
-    if kind == "literal_error":
-        return f"{key} must be one of {ctx.get('expected', '')}, got {given!r}"
-    if kind in _KINDS:
-        return f"{key} must be {_KINDS[kind]}, got {given!r}"
-    if kind in _BOUNDS:
-        bound = next(v for k, v in ctx.items() if k in ("ge", "gt", "le", "lt"))
-        _, info = _field_at(loc)
-        hint = f" ({info.description})" if info is not None and info.description else ""
-        return f"{key} must be {_BOUNDS[kind]} {bound:g}{hint}, got {given!r}"
-    if kind == "missing":
-        return f"{key} is required"
-    if kind in ("dict_type", "dataclass_type", "dataclass_exact_type", "model_type"):
-        return f"{key} must be a mapping, got {given!r}"
-    if kind == "string_too_short":
-        return f"{key} must not be empty"
-    if kind == "value_error":
-        text = str(ctx.get("error", error["msg"]))
-        return text if not key else f"{key}: {text}" if not text.startswith(key.split(".")[0]) else text
-    return f"{key}: {error['msg']}" if key else str(error["msg"])
 
 
 def _config_error(exc: ValidationError) -> ConfigError:
-    return ConfigError(_message(exc.errors(include_url=False)[0]))
+    return ConfigError(describe_error(exc.errors(include_url=False)[0], Config, hidden=_NOT_READ))
 
 
 # ---- loading ------------------------------------------------------------------------------------------------------
@@ -441,6 +380,24 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in over.items():
         out[key] = _merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, Mapping) else value
     return out
+
+
+def _forget_replaced_adapters(data: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` without the options and fallbacks of each stage whose adapter `over` replaces.
+
+    Options belong to their adapter: a profile (or variable) that names another adapter for
+    a stage starts from that adapter's defaults, not from options the one before it took.
+    """
+    given, known = over.get("components"), data.get("components")
+    if not isinstance(given, Mapping) or not isinstance(known, dict):
+        return data
+    components = dict(known)
+    for stage, component in given.items():
+        before = components.get(stage)
+        if isinstance(component, Mapping) and isinstance(before, dict) and "adapter" in component:
+            if component["adapter"] != before.get("adapter"):
+                components[stage] = {"adapter": before.get("adapter")}
+    return {**data, "components": components}
 
 
 def list_profiles(config_dir: Path = DEFAULT_CONFIG_DIR) -> list[str]:
@@ -465,7 +422,7 @@ def load_config(
     sources = [base, _YamlFile(profile_path, f"profiles/{profile}.yaml")(), _Environment(env)(), dict(overrides or {})]
     data: dict[str, Any] = {}
     for source in sources:
-        data = _merge(data, source)
+        data = _merge(_forget_replaced_adapters(data, source), source)
     data.pop("profile", None)
     for fixed in _NOT_READ:
         if fixed in data:

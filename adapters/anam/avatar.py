@@ -36,16 +36,27 @@ import json
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import websockets
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 from websockets.asyncio.client import ClientConnection
 
-from adapters.base import AvatarConnection, Mode, SessionAvatarAdapter
+from adapters.base import AvatarConnection, ConnectMode, Mode, SessionAvatarAdapter
 from adapters.errors import ConfigError, ErrorCategory, ProviderError
 from adapters.logs import log
-from adapters.openai._http import ProviderHTTP, api_key, base_url, error_from_status, redact, transport_error
+from adapters.openai._http import (
+    ProviderHTTP,
+    ProviderOptions,
+    api_key,
+    base_url,
+    error_from_status,
+    redact,
+    transport_error,
+)
+from adapters.options import OPTIONS, GivenOptions
 from adapters.webrtc import ReceivingPeer, WebRTCConnection, require_aiortc
 
 
@@ -166,25 +177,35 @@ def _category(reason: str) -> ErrorCategory:
     return ErrorCategory.CONNECTIVITY  # a length or idle limit: the next turn opens a new session
 
 
+@dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class AnamOptions(ProviderOptions):
+    connect: ConnectMode = "session_start"  # or first_turn: when a session's connection opens
+    avatar_id: str = ""  # empty: $ANAM_AVATAR_ID
+    sample_rate_hz: Annotated[int, Field(ge=16000, le=24000, description="Anam's range")] = 24000
+    max_session_length_s: Annotated[int, Field(gt=0)] = 600
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 15.0
+    frame_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+
+
 class AnamAvatar(SessionAvatarAdapter):
     """Anam's face, lip-synced to our speech (audio passthrough), over WebRTC."""
 
     mode = Mode.API
+    Options = AnamOptions
+    options: AnamOptions
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
         require_aiortc(name)
         self.key = api_key(self.options, name, "ANAM_API_KEY")
         self.url = base_url(self.options, name, "https://api.anam.ai", "ANAM_BASE_URL")
-        self.avatar_id = str(self.options.get("avatar_id") or os.environ.get("ANAM_AVATAR_ID", "")).strip()
+        self.avatar_id = (self.options.avatar_id or os.environ.get("ANAM_AVATAR_ID", "")).strip()
         if not self.avatar_id:
             raise ConfigError(f"{name} needs a face: set options.avatar_id or the environment variable ANAM_AVATAR_ID")
-        self.rate_hz = int(self.options.get("sample_rate_hz", 24000))
-        if not 16000 <= self.rate_hz <= 24000:
-            raise ValueError(f"sample_rate_hz must be in [16000, 24000] (Anam's range), got {self.rate_hz}")
-        self.max_session_length_s = int(self.options.get("max_session_length_s", 600))
-        self.connect_timeout_s = float(self.options.get("connect_timeout_s", 15.0))
-        self.frame_timeout_s = float(self.options.get("frame_timeout_s", 2.0))
+        self.rate_hz = self.options.sample_rate_hz
+        self.max_session_length_s = self.options.max_session_length_s
+        self.connect_timeout_s = self.options.connect_timeout_s
+        self.frame_timeout_s = self.options.frame_timeout_s
         self.secrets: tuple[str, ...] = (self.key,) if self.key else ()
         self._http = ProviderHTTP(name, self.url, {"Authorization": f"Bearer {self.key}"}, secrets=self.secrets)
 

@@ -16,35 +16,46 @@ Options: `model` (claude-haiku-4-5), `max_tokens` (1024; required by the API),
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from adapters.base import Capabilities, LLMAdapter, LLMRequest, Message, Mode
 from adapters.errors import ErrorCategory, ProviderError
-from adapters.openai._http import ProviderHTTP, api_key, base_url, json_event, sse_events
+from adapters.openai._http import HTTPOptions, ProviderHTTP, api_key, base_url, json_event, sse_events
+from adapters.options import OPTIONS, GivenOptions
 
 ANTHROPIC_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
+
+
+@dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class AnthropicOptions(HTTPOptions):
+    model: str = "claude-haiku-4-5"
+    api_key_required: Literal[True] = True
+    max_tokens: Annotated[int, Field(gt=0)] = 1024  # required by the API
+    temperature: float | None = None
+    version: str = API_VERSION  # the anthropic-version header
 
 
 class AnthropicLLM(LLMAdapter):
     """Streams reply text from Claude."""
 
     mode = Mode.API
+    Options = AnthropicOptions
+    options: AnthropicOptions
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
-        self.options.setdefault("model", "claude-haiku-4-5")
-        self.options["api_key_required"] = True
         self._key = api_key(self.options, name, "ANTHROPIC_API_KEY")
         url = base_url(self.options, name, ANTHROPIC_URL, "ANTHROPIC_BASE_URL")
         headers = {
             "x-api-key": self._key or "",
-            "anthropic-version": str(self.options.get("version", API_VERSION)),
+            "anthropic-version": self.options.version,
             "accept": "text/event-stream",
         }
-        self._http = ProviderHTTP(
-            name, url, headers, secrets=[self._key], timeout_s=float(self.options.get("timeout_s", 30))
-        )
+        self._http = ProviderHTTP(name, url, headers, secrets=[self._key], timeout_s=self.options.timeout_s)
 
     def capabilities(self) -> Capabilities:
         return Capabilities(streaming=True, controls=frozenset({"character.persona_id"}))
@@ -59,13 +70,13 @@ class AnthropicLLM(LLMAdapter):
         messages = _alternating([*request.history, Message("user", request.user_text)])
         body: dict[str, Any] = {
             "model": self.model,
-            "max_tokens": int(self.options.get("max_tokens", 1024)),
+            "max_tokens": self.options.max_tokens,
             "system": request.system_prompt,
             "messages": messages,
             "stream": True,
         }
-        if self.options.get("temperature") is not None:
-            body["temperature"] = float(self.options["temperature"])
+        if self.options.temperature is not None:
+            body["temperature"] = self.options.temperature
         return body
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:

@@ -26,13 +26,18 @@ Options: `voice_id` (21m00Tcm4TlvDq8ikWAM, a premade voice), `emotion_voices`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
+from dataclasses import field
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from adapters.base import Applied, Capabilities, ControlMapping, Downgrade, Mode, TTSAdapter
 from adapters.controls import Controls, EmotionLabel
 from adapters.media import AudioChunk
-from adapters.openai._http import PcmChunker, ProviderHTTP, api_key, base_url
+from adapters.openai._http import HTTPOptions, PcmChunker, ProviderHTTP, api_key, base_url
+from adapters.options import OPTIONS, GivenOptions
 
 ELEVENLABS_URL = "https://api.elevenlabs.io"
 DEFAULT_VOICE = "21m00Tcm4TlvDq8ikWAM"
@@ -58,30 +63,35 @@ def voice_settings(controls: Controls, speaker_boost: bool = True) -> tuple[dict
     return settings, asked
 
 
+@dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class ElevenLabsOptions(HTTPOptions):
+    model: str = "eleven_flash_v2_5"
+    api_key_required: Literal[True] = True
+    sample_rate_hz: Literal[16000, 22050, 24000, 44100] = 24000  # PCM_RATES
+    voice_id: str = DEFAULT_VOICE
+    emotion_voices: dict[EmotionLabel, str] = field(default_factory=dict)  # label -> voice id
+    use_speaker_boost: bool = True
+    chunk_ms: Annotated[float, Field(gt=0)] = 40.0
+
+
 class ElevenLabsTTS(TTSAdapter):
     """Streams PCM from ElevenLabs."""
 
     mode = Mode.API
+    Options = ElevenLabsOptions
+    options: ElevenLabsOptions
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
-        self.options.setdefault("model", "eleven_flash_v2_5")
-        self._rate = int(self.options.get("sample_rate_hz", 24000))
-        if self._rate not in PCM_RATES:
-            raise ValueError(f"{name}: sample_rate_hz must be one of {list(PCM_RATES)}, got {self._rate}")
-        self._voice = str(self.options.get("voice_id", DEFAULT_VOICE))
-        self._emotion_voices = {
-            EmotionLabel(k): str(v) for k, v in dict(self.options.get("emotion_voices") or {}).items()
-        }
-        self._speaker_boost = bool(self.options.get("use_speaker_boost", True))
-        self._chunk_ms = float(self.options.get("chunk_ms", 40))
-        self.options["api_key_required"] = True
+        self._rate = self.options.sample_rate_hz
+        self._voice = self.options.voice_id
+        self._emotion_voices = dict(self.options.emotion_voices)
+        self._speaker_boost = self.options.use_speaker_boost
+        self._chunk_ms = self.options.chunk_ms
         self._key = api_key(self.options, name, "ELEVENLABS_API_KEY")
         url = base_url(self.options, name, ELEVENLABS_URL, None)
         headers = {"xi-api-key": self._key or "", "accept": "audio/pcm"}
-        self._http = ProviderHTTP(
-            name, url, headers, secrets=[self._key], timeout_s=float(self.options.get("timeout_s", 30))
-        )
+        self._http = ProviderHTTP(name, url, headers, secrets=[self._key], timeout_s=self.options.timeout_s)
 
     @property
     def sample_rate_hz(self) -> int:

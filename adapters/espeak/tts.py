@@ -19,12 +19,17 @@ Options (profile YAML, all optional):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
+from dataclasses import field
+from typing import Annotated
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from adapters.base import Capabilities, ControlMapping, HealthStatus, TTSAdapter
 from adapters.controls import Controls, EmotionLabel
 from adapters.media import AudioChunk
+from adapters.options import OPTIONS, AdapterOptions, GivenOptions
 
 from . import params as espeak_params
 from .pool import MAX_WORKERS, EspeakPool
@@ -32,7 +37,14 @@ from .timeline import Rechunker
 
 # espeak-ng's fixed output rate; the workers confirm it when they start.
 ESPEAK_RATE_HZ = 22050
-_CHUNK_MS_LIMITS = (10, 1000)
+
+
+@dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class EspeakOptions(AdapterOptions):
+    voice: str = espeak_params.DEFAULT_VOICES["neutral"]
+    voices: dict[str, str] = field(default_factory=dict)  # persona id -> espeak voice
+    workers: Annotated[int, Field(strict=True, ge=1, le=MAX_WORKERS)] = 2
+    chunk_ms: Annotated[int, Field(strict=True, ge=10, le=1000)] = 40
 
 
 class EspeakTTS(TTSAdapter):
@@ -42,19 +54,15 @@ class EspeakTTS(TTSAdapter):
     and calls beyond the number of workers wait for a free one.
     """
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    Options = EspeakOptions
+    options: EspeakOptions
+
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
-        self._voice = str(self.options.get("voice", espeak_params.DEFAULT_VOICES["neutral"]))
-        extra = self.options.get("voices") or {}
-        if not isinstance(extra, Mapping):
-            raise ValueError(f"{name}: options.voices must map persona ids to espeak voices, got {extra!r}")
-        self._voices = {
-            **espeak_params.DEFAULT_VOICES,
-            "neutral": self._voice,
-            **{str(k): str(v) for k, v in extra.items()},
-        }
-        self._workers = _int_option(name, self.options, "workers", 2, (1, MAX_WORKERS))
-        self._chunk_ms = _int_option(name, self.options, "chunk_ms", 40, _CHUNK_MS_LIMITS)
+        self._voice = self.options.voice
+        self._voices = {**espeak_params.DEFAULT_VOICES, "neutral": self._voice, **self.options.voices}
+        self._workers = self.options.workers
+        self._chunk_ms = self.options.chunk_ms
         self._pool: EspeakPool | None = None
 
     @property
@@ -125,11 +133,3 @@ class EspeakTTS(TTSAdapter):
                     yield chunk
         for chunk in rechunker.finish():
             yield chunk
-
-
-def _int_option(name: str, options: Mapping[str, Any], key: str, default: int, limits: tuple[int, int]) -> int:
-    value = options.get(key, default)
-    lo, hi = limits
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{name}: options.{key} must be an integer in [{lo}, {hi}], got {value!r}")
-    return value

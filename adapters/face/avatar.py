@@ -23,9 +23,12 @@ Options:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass as options_dataclass
 
 from adapters.base import Applied, AvatarAdapter, AvatarInput, Capabilities, ControlMapping, Downgrade
 from adapters.controls import Controls, EmotionLabel
@@ -42,8 +45,9 @@ from adapters.face.looks import (
 from adapters.face.render import EyeState
 from adapters.face.visemes import REST, envelope_shape, viseme_for
 from adapters.framing import FrameClock, FrameWindow
-from adapters.local.knobs import Knobs
+from adapters.local.knobs import KnobOptions, Knobs
 from adapters.media import MarkKind, RenderSettings, SpeechMark, VideoEncoding, VideoFrame
+from adapters.options import OPTIONS, GivenOptions
 
 HONOURED = frozenset(
     {
@@ -71,21 +75,26 @@ def motion_scale(controls: Controls) -> float:
     return controls.motion_gain * (1.0 + 0.4 * controls.arousal)
 
 
+@options_dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class FaceOptions(KnobOptions):
+    personas: dict[str, dict[str, Any]] | None = None  # persona id -> look (see `adapters.face.looks`)
+    seed: int = 0
+    jpeg_quality: Annotated[int, Field(ge=1, le=95)] = 85
+    cache_mb: Annotated[float, Field(gt=0)] = 64.0
+
+
 class FaceAvatar(AvatarAdapter):
     """A drawn face whose mouth, eyes, head and expression follow the audio and controls."""
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    Options = FaceOptions
+    options: FaceOptions
+
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
-        self._looks = parse_looks(options.get("personas"))
-        self._seed = int(options.get("seed", 0))
-        quality = int(options.get("jpeg_quality", 85))
-        if not 1 <= quality <= 95:
-            raise ValueError(f"face avatar option jpeg_quality must be in [1, 95], got {quality}")
-        cache_mb = float(options.get("cache_mb", 64))
-        if cache_mb <= 0:
-            raise ValueError(f"face avatar option cache_mb must be positive, got {cache_mb}")
-        self._knobs = Knobs.from_options(options)
-        self.atlas = Atlas(max_bytes=int(cache_mb * (1 << 20)), jpeg_quality=quality)
+        self._looks = parse_looks(self.options.personas)
+        self._seed = self.options.seed
+        self._knobs = Knobs.from_options(self.options)
+        self.atlas = Atlas(max_bytes=int(self.options.cache_mb * (1 << 20)), jpeg_quality=self.options.jpeg_quality)
 
     async def start(self) -> None:
         """Draw the default face at the default size, so the first turn's first frame is a lookup.

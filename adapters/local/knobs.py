@@ -12,11 +12,24 @@ a stage down or make it fail deterministically:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass as options_dataclass
 
 from adapters.errors import ErrorCategory, ProviderError
+from adapters.options import OPTIONS, AdapterOptions
+
+
+@options_dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class KnobOptions(AdapterOptions):
+    """The knobs as options, which every local adapter's options extend."""
+
+    first_byte_ms: Annotated[float, Field(ge=0)] = 0.0
+    fail_after: Annotated[int, Field(ge=-1)] = -1
+    fail_category: ErrorCategory = ErrorCategory.SERVER
+    hang: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,13 +40,8 @@ class Knobs:
     hang: bool = False
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> Knobs:
-        return cls(
-            first_byte_ms=float(options.get("first_byte_ms", 0.0)),
-            fail_after=int(options.get("fail_after", -1)),
-            fail_category=ErrorCategory(options.get("fail_category", "server")),
-            hang=bool(options.get("hang", False)),
-        )
+    def from_options(cls, options: KnobOptions) -> Knobs:
+        return cls(options.first_byte_ms, options.fail_after, options.fail_category, options.hang)
 
     async def before(self, index: int, provider: str) -> None:
         """Call before producing output number `index` (from 0)."""

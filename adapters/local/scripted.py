@@ -15,11 +15,15 @@ from __future__ import annotations
 import asyncio
 import re
 import zlib
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from adapters.base import Capabilities, LLMAdapter, LLMRequest
-from adapters.local.knobs import Knobs
+from adapters.local.knobs import KnobOptions, Knobs
+from adapters.options import OPTIONS, GivenOptions
 
 _TOKEN = re.compile(r"\s*\S+")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]{3,}")
@@ -84,15 +88,25 @@ _REPLIES: dict[str, tuple[str, ...]] = {
 _HINT_TAG = re.compile(r"\[(neutral|happy|sad|angry|surprised|fearful|disgusted)\]\s*")
 
 
+@dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class ScriptedOptions(KnobOptions):
+    tokens_per_s: Annotated[float, Field(ge=0, description="0 means as fast as possible")] = 0.0
+    hints: bool = True  # keep inline emotion tags such as [happy]
+    reply: str | None = None  # one fixed reply instead of the canned ones
+
+
 class ScriptedResponder(LLMAdapter):
     """Streams canned, varied replies token by token."""
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    Options = ScriptedOptions
+    options: ScriptedOptions
+
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
-        self._knobs = Knobs.from_options(options)
-        self._tokens_per_s = float(options.get("tokens_per_s", 0.0))
-        self._hints = bool(options.get("hints", True))
-        self._fixed = options.get("reply")
+        self._knobs = Knobs.from_options(self.options)
+        self._tokens_per_s = self.options.tokens_per_s
+        self._hints = self.options.hints
+        self._fixed = self.options.reply
 
     def capabilities(self) -> Capabilities:
         return Capabilities(streaming=True, controls=frozenset({"emotion.label", "character.persona_id"}))

@@ -10,7 +10,7 @@ Options: the knobs of `adapters.local.knobs`.
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from functools import lru_cache
 from typing import Any
 
@@ -19,8 +19,9 @@ from PIL import Image, ImageDraw
 
 from adapters.base import AvatarAdapter, AvatarInput, Capabilities
 from adapters.framing import FrameClock
-from adapters.local.knobs import Knobs
+from adapters.local.knobs import KnobOptions, Knobs
 from adapters.media import RenderSettings, VideoEncoding, VideoFrame
+from adapters.options import GivenOptions
 
 LEVELS = 6
 _FULL_SCALE_RMS = 6000.0
@@ -45,9 +46,12 @@ def _frames(width: int, height: int) -> tuple[bytes, ...]:
 class StubAvatar(AvatarAdapter):
     """Pre-encoded frames picked by audio loudness."""
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    Options = KnobOptions
+    options: KnobOptions
+
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
-        self._knobs = Knobs.from_options(options)
+        self._knobs = Knobs.from_options(self.options)
 
     def capabilities(self) -> Capabilities:
         return Capabilities(streaming=True)

@@ -18,14 +18,18 @@ import asyncio
 import math
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+from dataclasses import field
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from adapters.base import Applied, Capabilities, ControlMapping, Downgrade, TTSAdapter
 from adapters.controls import Controls, EmotionLabel
-from adapters.local.knobs import Knobs
+from adapters.local.knobs import KnobOptions, Knobs
 from adapters.media import AudioChunk, MarkKind, SpeechMark
+from adapters.options import OPTIONS, GivenOptions
 from adapters.prosody import prosody_for
 
 _WORD = re.compile(r"\S+")
@@ -34,16 +38,27 @@ _DEFAULT_VOICES = {"neutral": 120.0, "professional": 105.0, "casual": 140.0, "ex
 BASE_WPM = 175.0
 
 
+@dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class ToneOptions(KnobOptions):
+    sample_rate_hz: Annotated[int, Field(gt=0)] = 24000
+    chunk_ms: Annotated[float, Field(gt=0)] = 40.0
+    realtime_factor: Annotated[float, Field(ge=0, description="0 means as fast as possible")] = 0.0
+    voices: dict[str, float] = field(default_factory=dict)  # persona id -> base pitch in Hz
+
+
 class ToneTTS(TTSAdapter):
     """Speech-shaped tones with exact word marks."""
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    Options = ToneOptions
+    options: ToneOptions
+
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
-        self._rate = int(options.get("sample_rate_hz", 24000))
-        self._chunk_samples = max(1, int(self._rate * float(options.get("chunk_ms", 40)) / 1000))
-        self._realtime_factor = float(options.get("realtime_factor", 0.0))
-        self._voices = {**_DEFAULT_VOICES, **dict(options.get("voices", {}))}
-        self._knobs = Knobs.from_options(options)
+        self._rate = self.options.sample_rate_hz
+        self._chunk_samples = max(1, int(self._rate * self.options.chunk_ms / 1000))
+        self._realtime_factor = self.options.realtime_factor
+        self._voices = {**_DEFAULT_VOICES, **self.options.voices}
+        self._knobs = Knobs.from_options(self.options)
 
     @property
     def sample_rate_hz(self) -> int:

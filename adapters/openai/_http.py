@@ -23,13 +23,16 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 from httpx_sse import EventSource, ServerSentEvent, SSEError
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from adapters.errors import ConfigError, ErrorCategory, ProviderError
 from adapters.media import BYTES_PER_SAMPLE, AudioChunk
+from adapters.options import OPTIONS, AdapterOptions
 
 _ERROR_BODY_LIMIT = 4096
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
@@ -61,44 +64,62 @@ _NOT_RETRYABLE = {"insufficient_quota", "quota_exceeded"}
 # ---- keys and endpoints -----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class ProviderOptions(AdapterOptions):
+    """The options of every hosted provider's adapter: where its key is, and its endpoint."""
+
+    api_key_env: str = ""  # the variable holding the key; empty: the provider's own (OPENAI_API_KEY, ...)
+    api_key_required: bool = True  # false: a server without auth
+    base_url: str = ""  # empty: the provider's variable (OPENAI_BASE_URL, ...), else its public API
+    base_url_required: bool = False  # true: fail at start unless a base URL is given (self-hosted profiles)
+
+
+@dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class HTTPOptions(ProviderOptions):
+    """A provider called over HTTP: its model and the read timeout between bytes."""
+
+    model: str = ""
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+
 def api_key(
-    options: Mapping[str, Any], adapter: str, default_env: str, *, env: Mapping[str, str] | None = None
+    options: ProviderOptions, adapter: str, default_env: str, *, env: Mapping[str, str] | None = None
 ) -> str | None:
-    """The API key from the variable `options["api_key_env"]` names (default `default_env`).
+    """The API key from the variable `options.api_key_env` names (default `default_env`).
 
     Raises ConfigError naming the variable when it is unset, unless the options say
     `api_key_required: false` (a self-hosted endpoint without auth), where None is returned.
     """
     env = os.environ if env is None else env
-    var = str(options.get("api_key_env") or default_env)
+    var = options.api_key_env or default_env
     if not _ENV_NAME.fullmatch(var):
         # Never echo it: someone may have pasted the key itself here.
         raise ConfigError(f"{adapter}: options.api_key_env must name an environment variable (A-Z, 0-9, _)")
     value = env.get(var, "").strip()
     if value:
         return value
-    if not bool(options.get("api_key_required", True)):
+    if not options.api_key_required:
         return None
     raise ConfigError(f"{adapter} needs an API key: set the environment variable {var}")
 
 
 def base_url(
-    options: Mapping[str, Any],
+    options: ProviderOptions,
     adapter: str,
     default: str,
     env_var: str | None,
     *,
     env: Mapping[str, str] | None = None,
 ) -> str:
-    """The endpoint: `options["base_url"]`, else `env_var` from the environment, else `default`.
+    """The endpoint: `options.base_url`, else `env_var` from the environment, else `default`.
 
     With `base_url_required: true` (the self-hosted profiles) a missing URL is a
     ConfigError naming the variable, instead of silently calling the public API.
     """
     env = os.environ if env is None else env
-    url = str(options.get("base_url") or (env.get(env_var, "") if env_var else "")).strip()
+    url = (options.base_url or (env.get(env_var, "") if env_var else "")).strip()
     if not url:
-        if bool(options.get("base_url_required", False)):
+        if options.base_url_required:
             hint = f"set the environment variable {env_var} or " if env_var else "set "
             raise ConfigError(f"{adapter} needs the endpoint of its server: {hint}options.base_url")
         url = default

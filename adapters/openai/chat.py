@@ -25,24 +25,39 @@ Options:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from dataclasses import field
+from typing import Annotated, Any
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from adapters.base import Capabilities, LLMAdapter, LLMRequest, Mode
 from adapters.errors import ErrorCategory, ProviderError
 from adapters.logs import log
-from adapters.openai._http import ProviderHTTP, api_key, base_url, json_event, sse_events
+from adapters.openai._http import HTTPOptions, ProviderHTTP, api_key, base_url, json_event, sse_events
+from adapters.options import OPTIONS, GivenOptions
 
 OPENAI_URL = "https://api.openai.com/v1"
+
+
+@dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class OpenAIChatOptions(HTTPOptions):
+    model: str = "gpt-4o-mini"
+    temperature: float | None = None
+    max_tokens: Annotated[int, Field(gt=0)] | None = None
+    include_usage: bool = True
+    extra_body: dict[str, Any] = field(default_factory=dict)
 
 
 class OpenAIChat(LLMAdapter):
     """Streams reply text from a Chat Completions endpoint."""
 
     mode = Mode.API
+    Options = OpenAIChatOptions
+    options: OpenAIChatOptions
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
-        self.options.setdefault("model", "gpt-4o-mini")
         self._key = api_key(self.options, name, "OPENAI_API_KEY")
         url = base_url(self.options, name, OPENAI_URL, "OPENAI_BASE_URL")
         if not url.startswith("https://api.openai.com"):
@@ -51,9 +66,7 @@ class OpenAIChat(LLMAdapter):
         headers = {"Accept": "text/event-stream"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
-        self._http = ProviderHTTP(
-            name, url, headers, secrets=[self._key], timeout_s=float(self.options.get("timeout_s", 30))
-        )
+        self._http = ProviderHTTP(name, url, headers, secrets=[self._key], timeout_s=self.options.timeout_s)
 
     def capabilities(self) -> Capabilities:
         return Capabilities(streaming=True, controls=frozenset({"character.persona_id"}))
@@ -70,12 +83,13 @@ class OpenAIChat(LLMAdapter):
         messages += [{"role": m.role, "content": m.text} for m in request.history]
         messages.append({"role": "user", "content": request.user_text})
         body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True}
-        if bool(self.options.get("include_usage", True)):
+        if self.options.include_usage:
             body["stream_options"] = {"include_usage": True}
-        for key in ("temperature", "max_tokens"):
-            if self.options.get(key) is not None:
-                body[key] = self.options[key]
-        body.update(dict(self.options.get("extra_body") or {}))
+        if self.options.temperature is not None:
+            body["temperature"] = self.options.temperature
+        if self.options.max_tokens is not None:
+            body["max_tokens"] = self.options.max_tokens
+        body.update(self.options.extra_body)
         return body
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:

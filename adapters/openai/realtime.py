@@ -38,8 +38,11 @@ import binascii
 import itertools
 import json
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from dataclasses import field
+from typing import Annotated, Any, Literal
 
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
@@ -57,8 +60,17 @@ from adapters.controls import Controls, EmotionLabel
 from adapters.errors import ErrorCategory, ProviderError
 from adapters.logs import log
 from adapters.media import AudioChunk
-from adapters.openai._http import PcmChunker, api_key, base_url, error_from_payload, error_from_status, redact
+from adapters.openai._http import (
+    PcmChunker,
+    ProviderOptions,
+    api_key,
+    base_url,
+    error_from_payload,
+    error_from_status,
+    redact,
+)
 from adapters.openai.chat import OPENAI_URL
+from adapters.options import OPTIONS, GivenOptions
 
 VOICES: dict[EmotionLabel, str] = {
     EmotionLabel.NEUTRAL: "coral",
@@ -84,9 +96,21 @@ _IGNORED_CODES = {"response_cancel_not_active"}
 _OWN_EVENTS = ("tth_cancel_", "tth_truncate_")
 
 
-def realtime_url(options: Mapping[str, Any], adapter: str) -> str:
-    if options.get("url"):
-        return str(options["url"])
+@dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class RealtimeOptions(ProviderOptions):
+    model: str = "gpt-realtime"
+    api: Literal["ga", "beta"] | None = None  # None: beta when the model name says "preview"
+    api_key_required: Literal[True] = True
+    url: str = ""  # empty: derived from base_url or $OPENAI_BASE_URL
+    voices: dict[EmotionLabel, str] = field(default_factory=dict)  # label -> voice, over the table
+    voice: str | None = None  # one voice for everything
+    chunk_ms: Annotated[float, Field(gt=0)] = 40.0
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+
+
+def realtime_url(options: RealtimeOptions, adapter: str) -> str:
+    if options.url:
+        return options.url
     http = base_url(options, adapter, OPENAI_URL, "OPENAI_BASE_URL")
     return "ws" + http.removeprefix("http") + "/realtime"
 
@@ -95,21 +119,18 @@ class OpenAIRealtime(RealtimeAdapter):
     """Opens one Realtime conversation per TTH session."""
 
     mode = Mode.API
+    Options = RealtimeOptions
+    options: RealtimeOptions
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
-        self.options.setdefault("model", "gpt-realtime")
-        self.api = str(self.options.get("api") or ("beta" if "preview" in self.model else "ga"))
-        if self.api not in ("ga", "beta"):
-            raise ValueError(f"{name}: option api must be 'ga' or 'beta', got {self.api!r}")
-        self.options["api_key_required"] = True
+        self.api = self.options.api or ("beta" if "preview" in self.model else "ga")
         self._key = api_key(self.options, name, "OPENAI_API_KEY")
         self._url = realtime_url(self.options, name)
-        overrides = {EmotionLabel(k): str(v) for k, v in dict(self.options.get("voices") or {}).items()}
-        self._voices = {**VOICES, **overrides}
-        self._voice = self.options.get("voice")
-        self._chunk_ms = float(self.options.get("chunk_ms", 40))
-        self._connect_timeout_s = float(self.options.get("connect_timeout_s", 10))
+        self._voices = {**VOICES, **self.options.voices}
+        self._voice = self.options.voice
+        self._chunk_ms = self.options.chunk_ms
+        self._connect_timeout_s = self.options.connect_timeout_s
 
     @property
     def sample_rate_hz(self) -> int:

@@ -30,14 +30,19 @@ Options: `model` (gpt-4o-mini-tts), `voices` (label -> voice, over the table),
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
+from dataclasses import field
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from adapters.base import Applied, Capabilities, ControlMapping, Downgrade, Mode, TTSAdapter
 from adapters.controls import Controls, EmotionLabel
 from adapters.media import AudioChunk
-from adapters.openai._http import PcmChunker, ProviderHTTP, api_key, base_url
+from adapters.openai._http import HTTPOptions, PcmChunker, ProviderHTTP, api_key, base_url
 from adapters.openai.chat import OPENAI_URL
+from adapters.options import OPTIONS, GivenOptions
 
 VOICES: dict[EmotionLabel, str] = {
     EmotionLabel.NEUTRAL: "nova",
@@ -91,27 +96,35 @@ def instructions_for(controls: Controls) -> str:
     return " ".join(parts)
 
 
+@dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class OpenAITTSOptions(HTTPOptions):
+    model: str = "gpt-4o-mini-tts"
+    voices: dict[EmotionLabel, str] = field(default_factory=dict)  # label -> voice, over the table
+    voice: str | None = None  # one voice for everything
+    instructions: bool | Literal["auto"] = "auto"  # auto: for the models that take them
+    chunk_ms: Annotated[float, Field(gt=0)] = 40.0
+    sample_rate_hz: Annotated[int, Field(gt=0)] = 24000
+
+
 class OpenAITTS(TTSAdapter):
     """Streams PCM from OpenAI's speech endpoint."""
 
     mode = Mode.API
+    Options = OpenAITTSOptions
+    options: OpenAITTSOptions
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
-        self.options.setdefault("model", "gpt-4o-mini-tts")
-        self._rate = int(self.options.get("sample_rate_hz", 24000))
-        self._chunk_ms = float(self.options.get("chunk_ms", 40))
-        overrides = {EmotionLabel(k): str(v) for k, v in dict(self.options.get("voices") or {}).items()}
-        self._voices = {**VOICES, **overrides}
-        self._voice = self.options.get("voice")
-        setting = str(self.options.get("instructions", "auto")).lower()
-        self._instructions = setting == "true" or (setting == "auto" and self.model not in _NO_INSTRUCTIONS)
+        self._rate = self.options.sample_rate_hz
+        self._chunk_ms = self.options.chunk_ms
+        self._voices = {**VOICES, **self.options.voices}
+        self._voice = self.options.voice
+        setting = self.options.instructions
+        self._instructions = setting is True or (setting == "auto" and self.model not in _NO_INSTRUCTIONS)
         self._key = api_key(self.options, name, "OPENAI_API_KEY")
         url = base_url(self.options, name, OPENAI_URL, "OPENAI_BASE_URL")
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        self._http = ProviderHTTP(
-            name, url, headers, secrets=[self._key], timeout_s=float(self.options.get("timeout_s", 30))
-        )
+        self._http = ProviderHTTP(name, url, headers, secrets=[self._key], timeout_s=self.options.timeout_s)
 
     @property
     def sample_rate_hz(self) -> int:

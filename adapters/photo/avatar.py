@@ -44,11 +44,13 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
+from pydantic.dataclasses import dataclass as options_dataclass
 
 from adapters.base import (
     Applied,
@@ -67,8 +69,9 @@ from adapters.face.looks import AMPLITUDE_BUCKETS, Expression, expression_bucket
 from adapters.face.render import EyeState
 from adapters.face.visemes import ENVELOPE_LEVELS, REST, VISEMES, MouthShape
 from adapters.framing import FrameClock, FrameWindow
-from adapters.local.knobs import Knobs
+from adapters.local.knobs import KnobOptions, Knobs
 from adapters.media import MarkKind, RenderSettings, VideoEncoding, VideoFrame
+from adapters.options import OPTIONS, GivenOptions
 from adapters.photo.portrait import DEFAULT_MAX_BYTES, Detector, Limits, Portrait, PortraitError, digest_of
 from adapters.photo.rig import FacePose, Rig
 from adapters.photo.workers import Rigs, renderer
@@ -210,31 +213,40 @@ class FrameCache:
                 self.bytes -= len(old)
 
 
+@options_dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class PhotoOptions(KnobOptions):
+    portrait: str = ""  # a JPEG/PNG path; empty: sessions send their own
+    landmarks: str = "dlib68"  # the shape predictor (see `adapters.photo.portrait.MODELS`)
+    seed: int = 0
+    jpeg_quality: Annotated[int, Field(ge=1, le=95)] = 85
+    cache_dir: str = field(default_factory=lambda: str(Path.home() / ".cache" / "tth" / "portraits"))  # "": none
+    max_portrait_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_BYTES
+    cache_mb: Annotated[float, Field(gt=0)] = 128.0
+    render_processes: Annotated[int, Field(ge=0, description="0 renders in threads")] = 1
+    max_lag_ms: Annotated[float, Field(ge=0, le=10_000)] = 40.0  # how far a frame may fall behind waiting for its pose
+
+
 class PhotoAvatar(AvatarAdapter, PortraitAvatar):
     """A portrait whose lips, jaw, lids, brows and head follow the audio and the controls."""
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    Options = PhotoOptions
+    options: PhotoOptions
+
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
-        self._seed = int(options.get("seed", 0))
-        self._quality = int(options.get("jpeg_quality", 85))
-        if not 1 <= self._quality <= 95:
-            raise ValueError(f"photo avatar option jpeg_quality must be in [1, 95], got {self._quality}")
-        cache = options.get("cache_dir", str(Path.home() / ".cache" / "tth" / "portraits"))
-        limits = Limits(max_bytes=int(options.get("max_portrait_bytes", DEFAULT_MAX_BYTES)))
-        self.detector = Detector(str(options.get("landmarks", "dlib68")), Path(cache) if cache else None, limits)
-        self.frames = FrameCache(int(float(options.get("cache_mb", 128)) * (1 << 20)))
-        processes = int(options.get("render_processes", 1))
-        if processes < 0:
-            raise ValueError(f"photo avatar option render_processes must be 0 (threads) or more, got {processes}")
-        self.max_lag_s = float(options.get("max_lag_ms", 40.0)) / 1000
-        if not 0 <= self.max_lag_s <= 10:
-            raise ValueError(f"photo avatar option max_lag_ms must be in [0, 10000], got {self.max_lag_s * 1000:g}")
+        self._seed = self.options.seed
+        self._quality = self.options.jpeg_quality
+        cache = self.options.cache_dir
+        limits = Limits(max_bytes=self.options.max_portrait_bytes)
+        self.detector = Detector(self.options.landmarks, Path(cache) if cache else None, limits)
+        self.frames = FrameCache(int(self.options.cache_mb * (1 << 20)))
+        self.max_lag_s = self.options.max_lag_ms / 1000
         self.stand_ins = 0
         """Frames that repeated their turn's previous frame because their pose was not ready in time."""
         self._rigs = Rigs()
-        self.renderer = renderer(processes, self._quality, self._rigs)
-        self._knobs = Knobs.from_options(options)
-        self._default_path = str(options.get("portrait") or "")
+        self.renderer = renderer(self.options.render_processes, self._quality, self._rigs)
+        self._knobs = Knobs.from_options(self.options)
+        self._default_path = self.options.portrait
         self._portraits: dict[str, Portrait] = {}
         self._by_path: dict[str, str] = {}
         self._pending: dict[str, asyncio.Future[Portrait]] = {}

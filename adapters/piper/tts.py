@@ -34,20 +34,23 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Literal
 
 import structlog
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from adapters.base import Capabilities, ControlMapping, HealthStatus, TTSAdapter
 from adapters.controls import Controls, EmotionLabel
 from adapters.errors import ConfigError, ErrorCategory, ProviderError
-from adapters.espeak.tts import _int_option
 from adapters.face.visemes import viseme_for
 from adapters.framing import MarkedChunker
 from adapters.media import AudioChunk, MarkKind, SpeechMark
+from adapters.options import OPTIONS, AdapterOptions, GivenOptions
 
 from . import params as piper_params
 from .voice import DEFAULT_VOICE, PiperEngine, Rendered, VoiceLoadError, default_cache_dir, resolve
@@ -61,22 +64,37 @@ _TOKEN = re.compile(r"\S+")
 _EDGE_PUNCTUATION = re.compile(r"^[\W_]+|[\W_]+$")
 
 
+@dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class PiperOptions(AdapterOptions):
+    voice: str = DEFAULT_VOICE
+    threads: Annotated[int, Field(strict=True, ge=1, le=16)] = field(
+        default_factory=lambda: min(16, os.cpu_count() or 1)
+    )
+    intra_op_threads: Annotated[int, Field(strict=True, ge=1, le=8)] = 1
+    max_phonemes: Annotated[int, Field(strict=True, ge=20, le=1000)] = 200
+    chunk_ms: Annotated[int, Field(strict=True, ge=10, le=1000)] = 40
+    first_piece_phonemes: Annotated[int, Field(strict=True, ge=0, le=1000)] = 0
+    cache_dir: str = ""  # empty: the default cache folder
+    on_load_error: Literal["fail", "fallback"] = "fail"
+
+
 class PiperTTS(TTSAdapter):
     """Piper neural speech, streamed piece by piece with phoneme (and word) marks on the call's clock."""
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    Options = PiperOptions
+    options: PiperOptions
+
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
-        self._voice = str(self.options.get("voice", DEFAULT_VOICE))
-        self._threads = _int_option(name, self.options, "threads", min(16, os.cpu_count() or 1), (1, 16))
-        self._intra = _int_option(name, self.options, "intra_op_threads", 1, (1, 8))
-        self._max_phonemes = _int_option(name, self.options, "max_phonemes", 200, (20, 1000))
-        self._chunk_ms = _int_option(name, self.options, "chunk_ms", 40, (10, 1000))
-        self._first_piece = _int_option(name, self.options, "first_piece_phonemes", 0, (0, 1000))
-        cache = self.options.get("cache_dir")
-        self._cache_dir = Path(str(cache)).expanduser() if cache else default_cache_dir()
-        self._on_load_error = str(self.options.get("on_load_error", "fail"))
-        if self._on_load_error not in ("fail", "fallback"):
-            raise ValueError(f"{name}: options.on_load_error must be fail or fallback, got {self._on_load_error!r}")
+        self._voice = self.options.voice
+        self._threads = self.options.threads
+        self._intra = self.options.intra_op_threads
+        self._max_phonemes = self.options.max_phonemes
+        self._chunk_ms = self.options.chunk_ms
+        self._first_piece = self.options.first_piece_phonemes
+        cache = self.options.cache_dir
+        self._cache_dir = Path(cache).expanduser() if cache else default_cache_dir()
+        self._on_load_error = self.options.on_load_error
         self._engine: PiperEngine | None = None
         self._load_error = ""
         self._pool: ThreadPoolExecutor | None = None

@@ -20,10 +20,12 @@ Options:
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Annotated
 
 import grpc
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from adapters.base import (
     Applied,
@@ -39,25 +41,37 @@ from adapters.controls import PUBLIC_NAMES, Controls
 from adapters.errors import ConfigError, ErrorCategory, ProviderError
 from adapters.logs import log
 from adapters.media import RenderSettings, VideoFrame
+from adapters.options import OPTIONS, AdapterOptions, GivenOptions
 from adapters.remote_avatar import wire
 from tth_client.v1 import avatar_worker_pb2 as wpb
 from tth_client.v1 import avatar_worker_pb2_grpc as wpb_grpc
+
+
+@dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class RemoteAvatarOptions(AdapterOptions):
+    target: str = "127.0.0.1:50061"  # the worker's HOST:PORT
+    tls: bool = False
+    describe_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+    token_env: str = ""  # the variable holding the worker's token; empty: none
+    model: str = ""  # reported until the worker has described itself; empty: the target
 
 
 class RemoteAvatar(AvatarAdapter):
     """Frames from an avatar worker, streamed."""
 
     mode = Mode.SELF_HOST
+    Options = RemoteAvatarOptions
+    options: RemoteAvatarOptions
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
-        self.target = str(self.options.get("target", "127.0.0.1:50061"))
-        self._tls = bool(self.options.get("tls", False))
-        self._describe_timeout_s = float(self.options.get("describe_timeout_s", 2.0))
-        token_env = self.options.get("token_env")
+        self.target = self.options.target
+        self._tls = self.options.tls
+        self._describe_timeout_s = self.options.describe_timeout_s
+        token_env = self.options.token_env
         self._token: str | None = None
         if token_env:
-            self._token = os.environ.get(str(token_env), "").strip()
+            self._token = os.environ.get(token_env, "").strip()
             if not self._token:
                 raise ConfigError(f"{name} needs the worker's token: set the environment variable {token_env}")
         self._channel: grpc.aio.Channel | None = None
@@ -69,7 +83,7 @@ class RemoteAvatar(AvatarAdapter):
         if self._described is not None:
             worker = self._described.adapter + (f"/{self._described.model}" if self._described.model else "")
             return f"{worker} @ {self.target}"
-        return str(self.options.get("model", "")) or self.target
+        return self.options.model or self.target
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self._token}"),) if self._token else ()

@@ -31,6 +31,7 @@ from adapters.base import AvatarAdapter, AvatarInput, ControlMapping
 from adapters.controls import ControlError, Controls
 from adapters.errors import ConfigError, ProviderError
 from adapters.logs import log
+from adapters.options import parse_options
 from adapters.remote_avatar import wire
 from tth_client.v1 import avatar_worker_pb2 as wpb
 from tth_client.v1 import avatar_worker_pb2_grpc as wpb_grpc
@@ -136,7 +137,7 @@ def build_adapter(name: str, options: Mapping[str, Any]) -> AvatarAdapter:
     cls = adapter_class(name, "--adapter")
     if not issubclass(cls, AvatarAdapter):
         raise ConfigError(f"--adapter: {name!r} is a {cls.stage.value} adapter, not an avatar adapter")
-    return cls(name, options)
+    return cls(name, parse_options(cls.Options, options, "--options"))
 
 
 async def _run(args: argparse.Namespace) -> None:

@@ -38,16 +38,27 @@ import contextlib
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import websockets
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 from websockets.asyncio.client import ClientConnection
 
-from adapters.base import AvatarConnection, Mode, SessionAvatarAdapter
+from adapters.base import AvatarConnection, ConnectMode, Mode, SessionAvatarAdapter
 from adapters.errors import ConfigError, ErrorCategory, ProviderError
 from adapters.logs import log
-from adapters.openai._http import ProviderHTTP, api_key, base_url, error_from_status, redact, transport_error
+from adapters.openai._http import (
+    ProviderHTTP,
+    ProviderOptions,
+    api_key,
+    base_url,
+    error_from_status,
+    redact,
+    transport_error,
+)
+from adapters.options import OPTIONS, GivenOptions
 from adapters.webrtc import ReceivingPeer, WebRTCConnection, require_aiortc
 
 SAMPLE_RATE_HZ = 16_000
@@ -168,24 +179,37 @@ class SimliConnection(WebRTCConnection):
         await self.peer.aclose()
 
 
+@dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class SimliOptions(ProviderOptions):
+    connect: ConnectMode = "session_start"  # or first_turn: when a session's connection opens
+    ws_url: str = ""  # empty: the base URL's, as ws:// or wss://
+    face_id: str = ""  # empty: $SIMLI_FACE_ID
+    max_session_length_s: Annotated[float, Field(gt=0)] = 600
+    max_idle_time_s: Annotated[float, Field(gt=0)] = 30
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    frame_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+
+
 class SimliAvatar(SessionAvatarAdapter):
     """Simli's face, lip-synced to our speech, over peer-to-peer WebRTC."""
 
     mode = Mode.API
+    Options = SimliOptions
+    options: SimliOptions
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
         require_aiortc(name)
         self.key = api_key(self.options, name, "SIMLI_API_KEY")
         self.url = base_url(self.options, name, "https://api.simli.ai", "SIMLI_BASE_URL")
-        self.ws_url = str(self.options.get("ws_url") or "ws" + self.url.removeprefix("http")).rstrip("/")
-        self.face_id = str(self.options.get("face_id") or os.environ.get("SIMLI_FACE_ID", "")).strip()
+        self.ws_url = (self.options.ws_url or "ws" + self.url.removeprefix("http")).rstrip("/")
+        self.face_id = (self.options.face_id or os.environ.get("SIMLI_FACE_ID", "")).strip()
         if not self.face_id:
             raise ConfigError(f"{name} needs a face: set options.face_id or the environment variable SIMLI_FACE_ID")
-        self.max_session_length_s = _seconds(self.options.get("max_session_length_s", 600))
-        self.max_idle_time_s = _seconds(self.options.get("max_idle_time_s", 30))
-        self.connect_timeout_s = float(self.options.get("connect_timeout_s", 10.0))
-        self.frame_timeout_s = float(self.options.get("frame_timeout_s", 2.0))
+        self.max_session_length_s = _seconds(self.options.max_session_length_s)
+        self.max_idle_time_s = _seconds(self.options.max_idle_time_s)
+        self.connect_timeout_s = self.options.connect_timeout_s
+        self.frame_timeout_s = self.options.frame_timeout_s
         self.secrets: tuple[str, ...] = (self.key,) if self.key else ()
         self._http = ProviderHTTP(name, self.url, {"x-simli-api-key": self.key or ""}, secrets=self.secrets)
 
