@@ -475,18 +475,18 @@ async def test_the_api_key_travels_as_a_bearer_token_and_a_refusal_is_an_authent
 ) -> None:
     async with _server({"TTH_API_KEYS": "s3cret"}) as port:
         target = f"127.0.0.1:{port}"
-        async with Client(target, api_key="s3cret") as client:
+        async with Client(tth_client.Connection(target, api_key="s3cret")) as client:
             assert (await client.list_models()).profile == "mock"
-        async with Session(target, api_key="s3cret") as session:
+        async with Session(tth_client.Connection(target, api_key="s3cret")) as session:
             assert (await session.say("Hi")).outcome is Outcome.COMPLETED
         monkeypatch.setenv("TTH_API_KEY", "s3cret")  # the default when no api_key is given
         async with Client(target) as client:
             assert (await client.list_models()).profile == "mock"
-        async with Client(target, api_key="") as client:
+        async with Client(tth_client.Connection(target, api_key="")) as client:
             with pytest.raises(tth_client.AuthenticationError) as unary:
                 await client.list_models()
         with pytest.raises(tth_client.AuthenticationError):
-            await Session(target, api_key="wrong").open()
+            await Session(tth_client.Connection(target, api_key="wrong")).open()
 
     message = str(unary.value)
     assert unary.value.code is grpc.StatusCode.UNAUTHENTICATED
@@ -497,16 +497,22 @@ async def test_tls_and_mutual_tls_with_given_certificates(tmp_path: Path) -> Non
     certs = make_certs(tmp_path)
     tls = {"cert_file": str(certs.server_cert), "key_file": str(certs.server_key)}
     async with _server({}, tls=tls) as port:
-        async with Client(f"127.0.0.1:{port}", root_certificates=certs.ca.read_bytes()) as client:
+        async with Client(
+            tth_client.Connection(f"127.0.0.1:{port}", root_certificates=certs.ca.read_bytes())
+        ) as client:
             assert (await client.list_models()).profile == "mock"
     async with _server({}, tls={**tls, "client_ca_file": str(certs.ca)}) as port:
-        async with Session(
+        mutual = tth_client.Connection(
             f"127.0.0.1:{port}",
             root_certificates=certs.ca.read_bytes(),
             certificate_chain=certs.client_cert.read_bytes(),
             private_key=certs.client_key.read_bytes(),
-        ) as session:
+        )
+        async with Client(mutual) as client, client.session() as on_its_channel:  # a client's sessions share it
+            assert (await on_its_channel.say("Hi")).outcome is Outcome.COMPLETED
+        async with Session(mutual) as session:
             assert (await session.say("Hi")).outcome is Outcome.COMPLETED
-        async with Client(f"127.0.0.1:{port}", root_certificates=certs.ca.read_bytes(), timeout_s=5) as client:
+        no_cert = tth_client.Connection(f"127.0.0.1:{port}", root_certificates=certs.ca.read_bytes())
+        async with Client(no_cert, timeout_s=5) as client:
             with pytest.raises(tth_client.ConnectError):  # no client certificate: the handshake fails
                 await client.list_models()

@@ -16,7 +16,7 @@ The same without asyncio: `tth_client.SyncSession`, `tth_client.SyncClient`.
 Message types are generated from `protos/tth/v1` into `tth_client.v1`.
 """
 
-from tth_client._channel import DEFAULT_TARGET, ChannelOptions
+from tth_client._channel import DEFAULT_TARGET, ChannelOptions, Connection
 from tth_client._client import Client, HealthStatus
 from tth_client._controls import Controls, EmotionName, LatencyName, render_options, turn_control
 from tth_client._events import (
@@ -62,6 +62,7 @@ __all__ = [
     "Client",
     "ClosedError",
     "ConnectError",
+    "Connection",
     "Controls",
     "EmotionName",
     "ErrorEvent",

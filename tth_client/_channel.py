@@ -56,45 +56,47 @@ class ChannelOptions:
 
 @dataclass(frozen=True, slots=True)
 class Connection:
-    """Everything needed to open a channel to one server and authenticate its calls."""
+    """Where a server is and how to reach it: taken by `Session`, `Client` and their sync forms.
 
-    target: str
+        tth_client.Session("tts.example.com:443")                     # a target alone is enough
+        conn = tth_client.Connection("tts.example.com:443", api_key=KEY, tls=True)
+        async with tth_client.Client(conn) as client, tth_client.Session(conn, persona="casual") as s: ...
+
+    Unset values come from the environment when the connection is made: `target` from
+    `TTH_TARGET` (else 127.0.0.1:50051), `api_key` from `TTH_API_KEY` (`""` sends none).
+    TLS is on when `tls` is True, or when it is None and certificates are given; with TLS
+    and no root certificates the system's trust store is used. A client certificate
+    chain and its private key (PEM) make it mutual TLS.
+    """
+
+    target: str = ""
+    """HOST:PORT of the server."""
     api_key: str | None = field(default=None, repr=False)
-    tls: bool = False
+    """Sent as `authorization: Bearer KEY` on every call."""
+    tls: bool | None = None
     root_certificates: bytes | None = field(default=None, repr=False)
+    """PEM roots to trust (None with TLS: the system's)."""
     certificate_chain: bytes | None = field(default=None, repr=False)
+    """PEM client certificate chain, for mutual TLS (with `private_key`)."""
     private_key: bytes | None = field(default=None, repr=False)
+    """PEM private key of the client certificate, for mutual TLS."""
     options: ChannelOptions = field(default_factory=ChannelOptions)
+    """Keepalive and message size settings."""
+
+    def __post_init__(self) -> None:
+        if (self.certificate_chain is None) != (self.private_key is None):
+            raise ValueError("mutual TLS needs both certificate_chain and private_key")
+        fill = object.__setattr__  # frozen: the resolved values are set once, here
+        fill(self, "target", self.target or os.environ.get("TTH_TARGET") or DEFAULT_TARGET)
+        if self.api_key is None:
+            fill(self, "api_key", os.environ.get("TTH_API_KEY") or None)
+        if self.tls is None:
+            fill(self, "tls", self.root_certificates is not None or self.certificate_chain is not None)
 
     @classmethod
-    def resolve(
-        cls,
-        target: str | None = None,
-        *,
-        api_key: str | None = None,
-        tls: bool | None = None,
-        root_certificates: bytes | None = None,
-        certificate_chain: bytes | None = None,
-        private_key: bytes | None = None,
-        options: ChannelOptions | None = None,
-    ) -> Connection:
-        """Fill unset values from the environment: `TTH_TARGET`, `TTH_API_KEY`.
-
-        TLS is on when `tls` is True, or when it is None and certificates are given;
-        with TLS and no root certificates the system's trust store is used. A client
-        certificate chain and its private key (PEM) make it mutual TLS.
-        """
-        if (certificate_chain is None) != (private_key is None):
-            raise ValueError("mutual TLS needs both certificate_chain and private_key")
-        return cls(
-            target=target or os.environ.get("TTH_TARGET") or DEFAULT_TARGET,
-            api_key=api_key if api_key is not None else os.environ.get("TTH_API_KEY") or None,
-            tls=bool(tls) if tls is not None else root_certificates is not None or certificate_chain is not None,
-            root_certificates=root_certificates,
-            certificate_chain=certificate_chain,
-            private_key=private_key,
-            options=options or ChannelOptions(),
-        )
+    def of(cls, connection: str | Connection | None) -> Connection:
+        """`connection` itself, or a connection to the target it names (None: the environment's)."""
+        return connection if isinstance(connection, Connection) else cls(connection or "")
 
     def open_channel(self) -> grpc.aio.Channel:
         """A new asyncio channel; it connects lazily, on the first call."""

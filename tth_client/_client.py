@@ -9,7 +9,7 @@ from typing import Any, Literal, Unpack
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tth_client._channel import ChannelOptions, Connection
+from tth_client._channel import Connection
 from tth_client._controls import Controls, check_text, turn_control
 from tth_client._events import events_from_response
 from tth_client._exceptions import ClosedError, TTHError, from_rpc_error
@@ -36,30 +36,16 @@ class Client:
 
     def __init__(
         self,
-        target: str | None = None,
+        connection: str | Connection | None = None,
         *,
-        api_key: str | None = None,
-        tls: bool | None = None,
-        root_certificates: bytes | None = None,
-        certificate_chain: bytes | None = None,
-        private_key: bytes | None = None,
-        channel_options: ChannelOptions | None = None,
         channel: grpc.aio.Channel | None = None,
         timeout_s: float | None = 30.0,
     ) -> None:
-        """Describe the connection; see `Session` for the meaning of each argument.
+        """Describe the connection (a target or a `Connection`); see `Session` for `channel`.
 
         `timeout_s` bounds each unary call (ListModels, CreateSession, health), not streams.
         """
-        self._connection = Connection.resolve(
-            target,
-            api_key=api_key,
-            tls=tls,
-            root_certificates=root_certificates,
-            certificate_chain=certificate_chain,
-            private_key=private_key,
-            options=channel_options,
-        )
+        self._connection = Connection.of(connection)
         self._given_channel = channel
         self._channel: grpc.aio.Channel | None = channel
         self._timeout_s = timeout_s
@@ -109,8 +95,7 @@ class Client:
     ) -> Session:
         """A `Session` on this client's channel and credentials; the arguments are `Session`'s."""
         return Session(
-            self.target,
-            api_key=self._connection.api_key or "",
+            self._connection,
             channel=self.channel,
             persona=persona,
             default_control=default_control,

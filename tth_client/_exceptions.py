@@ -225,7 +225,7 @@ def _hint(code: grpc.StatusCode, target: str) -> str:
     if code is grpc.StatusCode.UNAVAILABLE:
         return f"start a server ({start_server(target)}), or point the client at a running one (--target or target=)"
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-        return "pass a valid API key (api_key=, --api-key or TTH_API_KEY)"
+        return "pass a valid API key (Connection(api_key=...), --api-key or TTH_API_KEY)"
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return "raise the timeout, or check that the server is not overloaded"
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:

@@ -33,7 +33,7 @@ from typing import Any, Unpack
 
 import grpc
 
-from tth_client._channel import ChannelOptions, Connection
+from tth_client._channel import Connection
 from tth_client._controls import Controls, check_request_id, check_text, turn_control
 from tth_client._events import (
     ErrorEvent,
@@ -97,14 +97,8 @@ class Session:
 
     def __init__(
         self,
-        target: str | None = None,
+        connection: str | Connection | None = None,
         *,
-        api_key: str | None = None,
-        tls: bool | None = None,
-        root_certificates: bytes | None = None,
-        certificate_chain: bytes | None = None,
-        private_key: bytes | None = None,
-        channel_options: ChannelOptions | None = None,
         channel: grpc.aio.Channel | None = None,
         persona: str | None = None,
         default_control: cpb.TurnControl | None = None,
@@ -120,13 +114,8 @@ class Session:
         """Describe the session; nothing is sent until it is opened.
 
         Args:
-            target: HOST:PORT of the server; default `TTH_TARGET` or 127.0.0.1:50051.
-            api_key: Sent as `authorization: Bearer KEY`; default `TTH_API_KEY`.
-            tls: Use TLS; default on when `root_certificates` are given.
-            root_certificates: PEM roots to trust (None with TLS: the system's).
-            certificate_chain: PEM client certificate chain, for mutual TLS (with `private_key`).
-            private_key: PEM private key of the client certificate, for mutual TLS.
-            channel_options: Keepalive and message size settings.
+            connection: HOST:PORT of the server, or a `Connection` (API key, TLS, channel options);
+                default `TTH_TARGET` or 127.0.0.1:50051, with `TTH_API_KEY`.
             channel: An open channel to use instead of making one; the session does not close it.
             persona: Persona id for the session; None is the server's default.
             default_control: The session's default controls (see `turn_control()`).
@@ -145,15 +134,7 @@ class Session:
                 `SessionTakenOverError`. Opening raises `ResumeOutOfRangeError` when the events after it are no
                 longer held. None attaches without replay, and only to a session no stream holds.
         """
-        self._connection = Connection.resolve(
-            target,
-            api_key=api_key,
-            tls=tls,
-            root_certificates=root_certificates,
-            certificate_chain=certificate_chain,
-            private_key=private_key,
-            options=channel_options,
-        )
+        self._connection = Connection.of(connection)
         self._given_channel = channel
         self._config = pb.SessionConfig(
             session_id=session_id or "",

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import TypeVar, Unpack
 
-from tth_client._channel import ChannelOptions
+from tth_client._channel import Connection
 from tth_client._client import Client, HealthStatus
 from tth_client._controls import Controls
 from tth_client._events import Event
@@ -111,14 +111,8 @@ class SyncSession:
 
     def __init__(
         self,
-        target: str | None = None,
+        connection: str | Connection | None = None,
         *,
-        api_key: str | None = None,
-        tls: bool | None = None,
-        root_certificates: bytes | None = None,
-        certificate_chain: bytes | None = None,
-        private_key: bytes | None = None,
-        channel_options: ChannelOptions | None = None,
         persona: str | None = None,
         default_control: cpb.TurnControl | None = None,
         render: cpb.RenderOptions | None = None,
@@ -136,13 +130,7 @@ class SyncSession:
 
         def factory() -> Session:
             return Session(
-                target,
-                api_key=api_key,
-                tls=tls,
-                root_certificates=root_certificates,
-                certificate_chain=certificate_chain,
-                private_key=private_key,
-                channel_options=channel_options,
+                connection,
                 persona=persona,
                 default_control=default_control,
                 render=render,
@@ -270,14 +258,8 @@ class SyncClient:
 
     def __init__(
         self,
-        target: str | None = None,
+        connection: str | Connection | None = None,
         *,
-        api_key: str | None = None,
-        tls: bool | None = None,
-        root_certificates: bytes | None = None,
-        certificate_chain: bytes | None = None,
-        private_key: bytes | None = None,
-        channel_options: ChannelOptions | None = None,
         timeout_s: float | None = 30.0,
     ) -> None:
         self._loop = _Loop()
@@ -285,13 +267,7 @@ class SyncClient:
 
         async def make() -> Client:
             client = Client(
-                target,
-                api_key=api_key,
-                tls=tls,
-                root_certificates=root_certificates,
-                certificate_chain=certificate_chain,
-                private_key=private_key,
-                channel_options=channel_options,
+                connection,
                 timeout_s=timeout_s,
             )
             client.channel  # noqa: B018 - open the channel on the loop that will use it

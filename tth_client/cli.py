@@ -24,7 +24,7 @@ from typing import Any, TextIO, cast
 
 from google.protobuf import json_format
 
-from tth_client._channel import DEFAULT_TARGET
+from tth_client._channel import DEFAULT_TARGET, Connection
 from tth_client._client import Client
 from tth_client._controls import Controls, render_options, turn_control
 from tth_client._events import AudioEvent, ErrorEvent, TextDeltaEvent, VideoEvent
@@ -171,10 +171,18 @@ def explain(error: TTHError, target: str, *, chat: bool = False) -> str:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    roots = Path(args.ca_cert).read_bytes() if args.ca_cert else None
-    return Client(
-        args.target, api_key=args.api_key, tls=args.tls or None, root_certificates=roots, timeout_s=args.timeout
+    def pem(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    connection = Connection(
+        args.target or "",
+        api_key=args.api_key,
+        tls=args.tls or None,
+        root_certificates=pem(args.ca_cert),
+        certificate_chain=pem(args.client_cert),
+        private_key=pem(args.client_key),
     )
+    return Client(connection, timeout_s=args.timeout)
 
 
 def _controls(args: argparse.Namespace) -> Controls:
