@@ -19,7 +19,7 @@ from tth_client._limits import CONTROL_RANGES, out_of_range
 
 
 class EmotionLabel(StrEnum):
-    """The seven discrete emotions of the seeds."""
+    """The seven discrete emotions a turn can ask for (`EmotionLabel` in controls.proto)."""
 
     NEUTRAL = "neutral"
     HAPPY = "happy"

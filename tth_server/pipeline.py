@@ -264,11 +264,11 @@ class Outlet:
     at most one tick ahead of what may leave (`Pacer.ahead`), so the face has drawn
     a tick's frames before the tick comes and they leave with their audio: one wake per turn per tick and, on
     a stream that batches media, one message per tick however long a frame takes
-    to draw (the local face: 4 messages per tick before, when frames were drawn
-    after their audio had left). Media that may leave at once while nothing of its
-    kind is held goes straight to the sink from the stage that made it: the start
-    of a turn, the first audio above all, takes no hop, and the face sees the first
-    chunk after it has left, so drawing never delays it. The released media is
+    to draw. Media that may leave at once while nothing of its kind is held goes
+    straight to the sink from the stage that made it, without passing through this
+    outlet's task: the start of a turn, the first audio above all, is sent as soon
+    as it is made, and the face sees the first chunk after it has left, so drawing
+    never delays it. The released media is
     what the turn has sent: `TurnRun.audio_end_ms`, the spoken segments' ends and
     words, the frame count.
     """
@@ -278,14 +278,14 @@ class Outlet:
         self._sink = sink
         self._audio: deque[tuple[AudioChunk, SpokenSegment]] = deque()
         self._video: deque[VideoFrame] = deque()
-        self._makers = 2  # speech and face, until each says it is done
+        self._producers = 2  # the speech and the face stages, until each says it is done
         self._more = asyncio.Event()
 
     async def audio(self, chunk: AudioChunk, spoken: SpokenSegment) -> None:
         if self._audio or not self._run.pacer.due(chunk.timestamp_ms):
             self._audio.append((chunk, spoken))
             self._more.set()
-        else:  # due now, nothing before it: no hop
+        else:  # due now and nothing held before it: straight to the sink
             await self._run.pacer.wait(chunk.timestamp_ms)  # the first chunk starts the turn's clock
             await self._send_audio(chunk, spoken)
 
@@ -297,22 +297,22 @@ class Outlet:
             await self._send_video(frame)
 
     def done(self) -> None:
-        """A maker (speech or face) has handed over all it will make."""
-        self._makers -= 1
+        """A producer (the speech or the face stage) has handed over all it will produce."""
+        self._producers -= 1
         self._more.set()
 
     async def run(self) -> None:
-        """Send everything handed over, each piece when the pacer lets it go; returns when the makers are done."""
+        """Send everything handed over, each piece when the pacer lets it go; returns when both producers are done."""
         audio, video, pacer = self._audio, self._video, self._run.pacer
         while True:
             if not audio and not video:
-                if not self._makers:
+                if not self._producers:
                     return
                 self._more.clear()
                 await self._more.wait()
                 continue
             # The earlier first, but all the audio that may leave before any video: chunks that leave one after
-            # another are merged into one by the outbox. Each piece leaves its deque only once sent, so a maker
+            # another are merged into one by the outbox. Each piece leaves its deque only once sent, so a producer
             # sends past the outlet (`audio`, `video`) only when nothing of its kind is held or on its way.
             first = audio[0][0].timestamp_ms if audio else None
             if first is not None and (not video or first <= video[0].timestamp_ms or pacer.due(first)):

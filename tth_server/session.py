@@ -1,7 +1,7 @@
 """A conversation session: its controls, history, outbox and the one turn it runs at a time.
 
-The session's state is derived from its running turn, following the seeds'
-machine: IDLE -> LLM_RUN -> TTS_RUN -> AVATAR_RUN -> STREAMING_OUTPUT, and back
+The session's state is derived from its running turn, following the
+turn's state machine: IDLE -> LLM_RUN -> TTS_RUN -> AVATAR_RUN -> STREAMING_OUTPUT, and back
 to IDLE through exactly one terminal event (turn_complete, turn_interrupted or
 a turn error). New text while a turn runs interrupts it first (barge-in), so
 the old turn's terminal event always precedes the new turn's first event.

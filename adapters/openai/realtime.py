@@ -20,7 +20,7 @@ of a cancelled response that arrive late are recognised and skipped. A
 conversation opened fresh (for example after a reconnect) is seeded with the
 turn's history as text items.
 
-Voices per label (the seeds' table, with the voices the Realtime API lacks
+Voices per label (the OpenAI TTS adapter's table, with the voices the Realtime API lacks
 replaced: nova -> coral, onyx -> ballad, fable -> verse): neutral coral, happy
 shimmer, sad ballad, angry echo, surprised verse, fearful alloy, disgusted echo.
 speed = speech_rate x (1 + 0.15 x arousal), clamped to the API's [0.25, 1.5].

@@ -4,7 +4,7 @@ The response body is raw 24 kHz signed 16-bit little-endian mono PCM sent with
 chunked transfer encoding; network reads need not end on a sample boundary, so
 the odd byte waits for the next read (`PcmChunker`).
 
-OpenAI TTS has no emotion parameter. As the seeds lay out, emotion is carried by
+OpenAI TTS has no emotion parameter, so emotion is carried by
 the voice (one per label) and the speed (speaking rate times an arousal term),
 and, for models that accept them (gpt-4o-mini-tts; not tts-1 or tts-1-hd), by
 `instructions` written from the emotion, its intensity, valence, arousal, the
