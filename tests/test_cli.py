@@ -21,6 +21,7 @@ import av
 import pytest
 from PIL import Image
 
+from tests.certs import make_certs
 from tth_client.cli import main
 from tth_server.config import load_config
 from tth_server.server import serve
@@ -179,6 +180,22 @@ def test_unauthenticated_is_one_line_asking_for_an_api_key(
     finally:
         loop_thread.run(server.stop(0))
     assert "refused the credentials (missing API key" in refused and "Fix: pass --api-key KEY" in refused
+
+
+def test_mutual_tls_takes_the_client_certificate_from_the_command_line(
+    loop_thread: _LoopThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    certs = make_certs(tmp_path)
+    tls = {"cert_file": str(certs.server_cert), "key_file": str(certs.server_key), "client_ca_file": str(certs.ca)}
+    server = loop_thread.run(serve(load_config("mock", env={}, overrides={**UNPACED, "tls": tls}), "127.0.0.1:0"))
+    base = ["models", "--target", f"127.0.0.1:{server.port}", "--ca-cert", str(certs.ca), "--timeout", "5"]
+    try:
+        assert main(base) == 1  # no client certificate: the handshake is refused
+        capsys.readouterr()
+        assert main([*base, "--client-cert", str(certs.client_cert), "--client-key", str(certs.client_key)]) == 0
+    finally:
+        loop_thread.run(server.stop(0))
+    assert "mock" in capsys.readouterr().out
 
 
 # ---- tth chat, models, health -------------------------------------------------------------------------------------
