@@ -376,7 +376,7 @@ class SessionAvatarAdapter(AvatarAdapter):
 
     def __init__(self, name: str, options: GivenOptions) -> None:
         super().__init__(name, options)
-        # Each provider's options model declares `connect: ConnectMode` (validated with the other options).
+        # Provider options models derive from `adapters.webrtc.SessionProviderOptions`, which declares `connect`.
         self.connect_on: ConnectMode = getattr(self.options, "connect", "session_start")
 
     @abstractmethod

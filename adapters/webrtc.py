@@ -35,10 +35,22 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.base import AvatarConnection, AvatarInput
+from pydantic.dataclasses import dataclass as options_dataclass
+
+from adapters.base import AvatarConnection, AvatarInput, ConnectMode
 from adapters.errors import ConfigError, ErrorCategory, ProviderError
 from adapters.media import RenderSettings, VideoEncoding, VideoFrame
+from adapters.openai._http import ProviderOptions
+from adapters.options import OPTIONS
 from adapters.resample import Resampler
+
+
+@options_dataclass(frozen=True, config=OPTIONS, kw_only=True)
+class SessionProviderOptions(ProviderOptions):
+    """The options every provider avatar takes, beside the provider's own."""
+
+    connect: ConnectMode = "session_start"  # or first_turn: when a session's connection opens
+
 
 INSTALL = 'pip install "tth[webrtc]"'
 _PREFETCH = 4  # packets aiortc's RTCRtpReceiver holds in its audio jitter buffer (JitterBuffer(prefetch=4))

@@ -44,12 +44,11 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 from websockets.asyncio.client import ClientConnection
 
-from adapters.base import AvatarConnection, ConnectMode, Mode, SessionAvatarAdapter
+from adapters.base import AvatarConnection, Mode, SessionAvatarAdapter
 from adapters.errors import ConfigError, ErrorCategory, ProviderError
 from adapters.logs import log
 from adapters.openai._http import (
     ProviderHTTP,
-    ProviderOptions,
     api_key,
     base_url,
     error_from_status,
@@ -57,7 +56,7 @@ from adapters.openai._http import (
     transport_error,
 )
 from adapters.options import OPTIONS, GivenOptions
-from adapters.webrtc import ReceivingPeer, WebRTCConnection, require_aiortc
+from adapters.webrtc import ReceivingPeer, SessionProviderOptions, WebRTCConnection, require_aiortc
 
 
 class AnamConnection(WebRTCConnection):
@@ -178,8 +177,7 @@ def _category(reason: str) -> ErrorCategory:
 
 
 @dataclass(frozen=True, config=OPTIONS, kw_only=True)
-class AnamOptions(ProviderOptions):
-    connect: ConnectMode = "session_start"  # or first_turn: when a session's connection opens
+class AnamOptions(SessionProviderOptions):
     avatar_id: str = ""  # empty: $ANAM_AVATAR_ID
     sample_rate_hz: Annotated[int, Field(ge=16000, le=24000, description="Anam's range")] = 24000
     max_session_length_s: Annotated[int, Field(gt=0)] = 600

@@ -46,12 +46,11 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 from websockets.asyncio.client import ClientConnection
 
-from adapters.base import AvatarConnection, ConnectMode, Mode, SessionAvatarAdapter
+from adapters.base import AvatarConnection, Mode, SessionAvatarAdapter
 from adapters.errors import ConfigError, ErrorCategory, ProviderError
 from adapters.logs import log
 from adapters.openai._http import (
     ProviderHTTP,
-    ProviderOptions,
     api_key,
     base_url,
     error_from_status,
@@ -59,7 +58,7 @@ from adapters.openai._http import (
     transport_error,
 )
 from adapters.options import OPTIONS, GivenOptions
-from adapters.webrtc import ReceivingPeer, WebRTCConnection, require_aiortc
+from adapters.webrtc import ReceivingPeer, SessionProviderOptions, WebRTCConnection, require_aiortc
 
 SAMPLE_RATE_HZ = 16_000
 _MAX_MESSAGE_BYTES = 6000  # what the SDK sends at most per WebSocket message
@@ -180,8 +179,7 @@ class SimliConnection(WebRTCConnection):
 
 
 @dataclass(frozen=True, config=OPTIONS, kw_only=True)
-class SimliOptions(ProviderOptions):
-    connect: ConnectMode = "session_start"  # or first_turn: when a session's connection opens
+class SimliOptions(SessionProviderOptions):
     ws_url: str = ""  # empty: the base URL's, as ws:// or wss://
     face_id: str = ""  # empty: $SIMLI_FACE_ID
     max_session_length_s: Annotated[float, Field(gt=0)] = 600
