@@ -73,7 +73,8 @@ from adapters.local.knobs import KnobOptions, Knobs
 from adapters.media import MarkKind, RenderSettings, VideoEncoding, VideoFrame
 from adapters.options import OPTIONS, GivenOptions
 from adapters.photo.portrait import DEFAULT_MAX_BYTES, Detector, Limits, Portrait, PortraitError, digest_of
-from adapters.photo.rig import FacePose, Rig
+from adapters.photo.pose import FacePose
+from adapters.photo.rig import Rig
 from adapters.photo.workers import Rigs, renderer
 
 EASE_MS = 30.0

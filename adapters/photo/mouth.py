@@ -11,13 +11,10 @@ Everything is drawn in a small patch around the mouth, with an anti-aliased edge
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import cv2
 import numpy as np
 
-if TYPE_CHECKING:
-    from adapters.photo.rig import FacePose
+from adapters.photo.pose import FacePose
 
 SUPERSAMPLE = 4
 """Lines and polygons are drawn at 1/4-pixel precision (OpenCV's `shift`)."""

@@ -18,42 +18,18 @@ bottom and, wide open, a line of lower teeth.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
 from adapters.photo.mouth import paint_mouth, smoothstep
 from adapters.photo.portrait import Portrait
+from adapters.photo.pose import FacePose
 
 FACE_WIDTH_OF_FRAME = 0.46
 """The jaw's width as a fraction of the frame width (head and shoulders framing)."""
 
 _Field = tuple[int, int, int, int, np.ndarray]
 """A displacement field kept only where it is non-zero: y0, y1, x0, x1, (h, w, 2) float32."""
-
-
-@dataclass(frozen=True, slots=True)
-class FacePose:
-    """One frame's movements, in units of the face (see `Rig.warp_fields` for what each moves)."""
-
-    open: float = 0.0
-    width: float = 1.0
-    teeth: float = 0.0
-    tongue: float = 0.0
-    press: float = 0.0
-    bite: float = 0.0
-    corners: float = 0.0
-    cheeks: float = 0.0
-    brow_raise: float = 0.0
-    brow_inner: float = 0.0
-    lids: float = 0.0
-    """Upper lids lowered: 0 open, 1 closed, negative wider than the portrait."""
-    lower_lids: float = 0.0
-    sneer: float = 0.0
-    sway_px: float = 0.0
-    nod_px: float = 0.0
-    roll_deg: float = 0.0
 
 
 class Rig:

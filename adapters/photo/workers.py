@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import cv2
 
 from adapters.photo.portrait import Portrait
-from adapters.photo.rig import FacePose, Rig
+from adapters.photo.pose import FacePose
+from adapters.photo.rig import Rig
 
 MAX_RIGS = 16
 """Rigs kept per process (portrait x size), most recent first; one is ~1 MB at 256 px."""
