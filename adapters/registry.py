@@ -26,6 +26,11 @@ def register(name: str, cls: type[Adapter]) -> None:
     _registered[name] = cls
 
 
+def unregister(name: str) -> None:
+    """Forget an adapter `register()` added (entry points are not affected); unknown names are ignored."""
+    _registered.pop(name, None)
+
+
 def known() -> list[str]:
     return sorted({ep.name for ep in entry_points(group=GROUP)} | set(_registered))
 

@@ -1,4 +1,8 @@
-"""A fake LLM that records every request it gets and replies with a fixed text, token by token."""
+"""A fake LLM that records every request it gets and replies with a fixed text, token by token.
+
+Importing it registers nothing: the `recording_llm` fixture (tests/conftest.py) makes
+`recording_llm` an adapter name for the tests that ask for it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ from collections.abc import AsyncIterator
 
 from pydantic.dataclasses import dataclass
 
-from adapters import registry
 from adapters.base import LLMAdapter, LLMRequest
 from adapters.options import OPTIONS, AdapterOptions, GivenOptions
 
@@ -34,6 +37,3 @@ class RecordingLLM(LLMAdapter):
             if self._delay:
                 await asyncio.sleep(self._delay)
             yield token + " "
-
-
-registry.register("recording_llm", RecordingLLM)

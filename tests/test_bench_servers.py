@@ -60,9 +60,11 @@ async def test_a_proxied_connection_the_server_refuses_names_the_server_and_port
         port = closed.getsockname()[1]
         proxy = bench_wire.Proxy(port, "bench.ws_baseline uvicorn")
         await proxy.start()
-        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        assert await asyncio.wait_for(reader.read(), 10) == b""  # the client only sees its connection close
-        writer.close()
-        await proxy.close()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # the client only sees its connection close
+            writer.close()
+        finally:
+            await proxy.close()
     assert len(proxy.refused) == 1
     assert proxy.refused[0].startswith(f"the bench.ws_baseline uvicorn server on 127.0.0.1:{port} refused a connection")

@@ -105,17 +105,13 @@ def test_environment_overrides_any_key_by_path() -> None:
     assert switched.auth.open_health is False and switched.session.default_persona == "42"
 
 
+@pytest.mark.usefixtures("recording_llm")
 def test_switching_an_adapter_is_a_config_change_only() -> None:
     one = Runtime(load_config("mock", env={}))
     two = Runtime(load_config("mock", env={"TTH_COMPONENTS__LLM__ADAPTER": "recording_llm"}))
     assert type(one.pipeline.stages.llm).__name__ == "ScriptedResponder"
     assert type(two.pipeline.stages.llm).__name__ == "RecordingLLM"
     assert "recording_llm" in registry.known()
-
-
-@pytest.fixture(autouse=True)
-def _recording_registered() -> None:
-    import tests.recording  # noqa: F401  (registers recording_llm)
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ SLOW_REPLY = (
 
 async def _stub(start_server: ServerFactory, **overrides: object) -> pb_grpc.ConversationServiceStub:
     server = await start_server(**overrides)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    channel = start_server.channel(server.port)
     return pb_grpc.ConversationServiceStub(channel)
 
 
@@ -133,6 +133,7 @@ async def test_barge_in_ends_the_running_turn_before_the_next_turns_first_event(
     assert {e.turn_id for e in second}.isdisjoint({first[-1].turn_id})
 
 
+@pytest.mark.usefixtures("recording_llm")
 async def test_interrupt_stops_media_and_history_keeps_only_what_was_heard(start_server: ServerFactory) -> None:
     RecordingLLM.requests.clear()
     components = {"llm": {"adapter": "recording_llm", "options": {"reply": SLOW_REPLY}}}
@@ -241,6 +242,7 @@ async def test_five_emotions_give_five_different_tts_parameter_sets(start_server
     assert len(details) == 5
 
 
+@pytest.mark.usefixtures("recording_llm")
 async def test_two_personas_give_different_system_prompts(start_server: ServerFactory) -> None:
     RecordingLLM.requests.clear()
     stub = await _stub(start_server, session=UNPACED, components={"llm": {"adapter": "recording_llm"}})

@@ -7,7 +7,6 @@ import io
 import math
 import re
 
-import grpc
 import numpy as np
 import pytest
 from PIL import Image
@@ -25,7 +24,7 @@ UNPACED = {"max_lead_ms": 1_000_000, "outbox_capacity": 100_000}
 @pytest.fixture
 async def local(start_server: ServerFactory) -> pb_grpc.ConversationServiceStub:
     server = await start_server("local", session=UNPACED)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    channel = start_server.channel(server.port)
     return pb_grpc.ConversationServiceStub(channel)
 
 

@@ -83,7 +83,7 @@ async def test_a_resume_after_a_batch_replays_exactly_what_follows_it_in_either_
     start_server: ServerFactory,
 ) -> None:
     server = await start_server(session={"max_lead_ms": 200, "outbox_capacity": 64}, components=LLM)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    channel = start_server.channel(server.port)
     first = Conversation(pb_grpc.ConversationServiceStub(channel))
     session_id = (await first.start(batch_media=True)).session_id
     await first.say("Tell me about the harbour.")

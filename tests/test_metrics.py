@@ -44,7 +44,7 @@ def _value(name: str, **labels: str) -> float:
 
 async def _conversation(start_server: ServerFactory, **overrides: object) -> Conversation:
     server = await start_server(**overrides)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    channel = start_server.channel(server.port)
     conv = Conversation(pb_grpc.ConversationServiceStub(channel))
     await conv.start()
     return conv

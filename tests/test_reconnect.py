@@ -62,7 +62,7 @@ async def test_a_dropped_stream_resumes_with_exactly_the_events_it_missed(
 ) -> None:
     # Paced media and a small queue: while nobody reads, the turn stalls and drops frames, as with a slow client.
     server = await start_server(session={"max_lead_ms": 100, "outbox_capacity": 16}, components=_llm())
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    channel = start_server.channel(server.port)
     first = Conversation(pb_grpc.ConversationServiceStub(channel))
     started = await first.start()
     session_id = started.session_id

@@ -15,7 +15,7 @@ LONG_REPLY = "One two three four five six, seven eight nine ten. Eleven twelve t
 
 async def _stub(start_server: ServerFactory, **overrides: object) -> pb_grpc.ConversationServiceStub:
     server = await start_server(**overrides)
-    return pb_grpc.ConversationServiceStub(grpc.aio.insecure_channel(f"127.0.0.1:{server.port}"))
+    return pb_grpc.ConversationServiceStub(start_server.channel(server.port))
 
 
 async def test_every_event_of_a_turn_carries_the_request_id_of_its_text(

@@ -321,19 +321,24 @@ async def test_an_unknown_emotion_name_is_refused_before_anything_is_sent(target
 
 async def test_close_lets_the_running_turn_finish_and_delivers_all_of_it(target: str) -> None:
     session = await Session(target).open()
-    turn = session.say("Finish this")
-    await session.close()
-    result = await turn
-    assert result.outcome is Outcome.COMPLETED
-    with pytest.raises(tth_client.ClosedError):
-        session.say("Too late")
+    try:
+        turn = session.say("Finish this")
+        await session.close()
+        result = await turn
+        assert result.outcome is Outcome.COMPLETED
+        with pytest.raises(tth_client.ClosedError):
+            session.say("Too late")
+    finally:
+        await session.abort()  # a no-op once closed; it ends the session if the test failed before `close()`
 
 
 async def test_abort_loses_the_running_turn_which_raises_closed_error(paced_target: str) -> None:
     session = await Session(paced_target).open()
-    turn = session.say("Tell me a long story about the sea")
-    await _first_audio(turn)
-    await session.abort()
+    try:
+        turn = session.say("Tell me a long story about the sea")
+        await _first_audio(turn)
+    finally:
+        await session.abort()
     with pytest.raises(tth_client.ClosedError):
         await turn
 
@@ -461,7 +466,8 @@ def test_the_sync_client_reaches_every_rpc(thread_target: str) -> None:
 
 async def test_an_unreachable_target_raises_connect_error_with_a_one_line_fix() -> None:
     with pytest.raises(tth_client.ConnectError) as caught:
-        await Session("127.0.0.1:1", open_timeout_s=5).open()
+        async with Session("127.0.0.1:1", open_timeout_s=5):
+            pass
     message = str(caught.value)
     assert "\n" not in message and "127.0.0.1:1" in message and "Fix: start a server" in message
     assert caught.value.code is grpc.StatusCode.UNAVAILABLE
@@ -486,7 +492,8 @@ async def test_the_api_key_travels_as_a_bearer_token_and_a_refusal_is_an_authent
             with pytest.raises(tth_client.AuthenticationError) as unary:
                 await client.list_models()
         with pytest.raises(tth_client.AuthenticationError):
-            await Session(tth_client.Connection(target, api_key="wrong")).open()
+            async with Session(tth_client.Connection(target, api_key="wrong")):
+                pass
 
     message = str(unary.value)
     assert unary.value.code is grpc.StatusCode.UNAUTHENTICATED

@@ -89,7 +89,8 @@ async def test_a_session_limit_raises_resource_exhausted_with_retry_after_s_from
     target = f"127.0.0.1:{server.port}"
     async with Session(target):
         with pytest.raises(tth_client.ResourceExhaustedError, match=r"limits\.max_sessions") as err:
-            await Session(target, reconnect=False).open()
+            async with Session(target, reconnect=False):
+                pass
         async with tth_client.Client(target) as client:
             with pytest.raises(tth_client.ResourceExhaustedError) as generate:
                 await client.generate("Hi")
@@ -126,7 +127,8 @@ async def test_resuming_after_events_no_longer_held_raises_resume_out_of_range_w
         await first.say("Hello, tell me something long enough to send more than eight events.")
         late = Session(target, session_id=first.session_id, resume_after_seq=1)
         with pytest.raises(tth_client.ResumeOutOfRangeError, match="too old") as err:
-            await late.open()
+            async with late:
+                pass
         assert (await first.say("Still mine?")).outcome is Outcome.COMPLETED  # a refused resume takes nothing
     assert isinstance(err.value, tth_client.InvalidArgumentError)  # as OUT_OF_RANGE was before
     assert err.value.field == "resume_after_seq" and "start a new session" in err.value.hint

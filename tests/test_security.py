@@ -9,34 +9,32 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.certs import make_certs
+from tests.conftest import ServerFactory
 from tests.wire import Conversation
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
 from tth_server.auth import KeyStore, key_id
-from tth_server.config import load_config
-from tth_server.server import RunningServer, serve
+from tth_server.server import RunningServer
 
 UNPACED = {"max_lead_ms": 1_000_000, "outbox_capacity": 100_000}
 
 
+class _Servers:
+    """`mock` servers with unpaced media, started with the environment given, and stubs to them."""
+
+    def __init__(self, start_server: ServerFactory) -> None:
+        self._start_server = start_server
+
+    async def __call__(self, env: dict[str, str] | None = None, **overrides: object) -> RunningServer:
+        return await self._start_server(env=env, **{"session": UNPACED, **overrides})
+
+    def stub(self, port: int) -> pb_grpc.ConversationServiceStub:
+        return pb_grpc.ConversationServiceStub(self._start_server.channel(port))
+
+
 @pytest.fixture
-async def servers() -> object:
-    running: list[RunningServer] = []
-
-    async def start(env: dict[str, str] | None = None, **overrides: object) -> RunningServer:
-        server = await serve(
-            load_config("mock", env=env or {}, overrides={"session": UNPACED, **overrides}), "127.0.0.1:0"
-        )
-        running.append(server)
-        return server
-
-    yield start
-    for server in running:
-        await server.stop(0)
-
-
-def _stub(port: int) -> pb_grpc.ConversationServiceStub:
-    return pb_grpc.ConversationServiceStub(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+def servers(start_server: ServerFactory) -> _Servers:
+    return _Servers(start_server)
 
 
 def _bearer(key: str) -> tuple[tuple[str, str], ...]:
@@ -55,7 +53,7 @@ def test_keys_are_compared_whole_and_known_by_a_hash() -> None:
 
 async def test_calls_without_a_valid_key_are_unauthenticated(servers) -> None:  # type: ignore[no-untyped-def]
     server = await servers(env={"TTH_API_KEYS": "k-one, k-two"})
-    stub = _stub(server.port)
+    stub = servers.stub(server.port)
     for key, expected in ((None, "missing API key"), ("nope", "invalid API key"), ("k-on", "invalid API key")):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.ListModels(pb.ListModelsRequest(), metadata=_bearer(key) if key else None)
@@ -93,7 +91,7 @@ async def test_tls_and_mutual_tls_from_certificate_paths(servers, tmp_path: Path
         models = await pb_grpc.ConversationServiceStub(channel).ListModels(pb.ListModelsRequest())
         assert models.profile == "mock"
     with pytest.raises(grpc.aio.AioRpcError):  # plaintext to a TLS port fails
-        await _stub(server.port).ListModels(pb.ListModelsRequest(), timeout=3)
+        await servers.stub(server.port).ListModels(pb.ListModelsRequest(), timeout=3)
 
     mutual = await servers(tls={**tls, "client_ca_file": str(certs.ca)})
     async with grpc.aio.secure_channel(f"127.0.0.1:{mutual.port}", trust) as channel:
@@ -110,7 +108,7 @@ async def test_tls_and_mutual_tls_from_certificate_paths(servers, tmp_path: Path
 
 async def test_sessions_beyond_the_limit_are_refused_with_when_to_retry(servers) -> None:  # type: ignore[no-untyped-def]
     server = await servers(env={"TTH_API_KEYS": "a,b"}, limits={"max_sessions": 3, "max_sessions_per_key": 1})
-    stub = _stub(server.port)
+    stub = servers.stub(server.port)
     first = Conversation(stub, "a")
     await first.start()
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -127,7 +125,7 @@ async def test_sessions_beyond_the_limit_are_refused_with_when_to_retry(servers)
 
 async def test_turns_beyond_the_per_minute_limit_get_an_in_stream_error(servers) -> None:  # type: ignore[no-untyped-def]
     server = await servers(limits={"turns_per_minute_per_key": 2})
-    conv = Conversation(_stub(server.port))
+    conv = Conversation(servers.stub(server.port))
     await conv.start()
     for _ in range(2):
         await conv.say("Hi!")
@@ -142,7 +140,7 @@ async def test_turns_beyond_the_per_minute_limit_get_an_in_stream_error(servers)
 
 async def test_generate_counts_against_the_turn_budget_and_holds_a_session_place_while_it_runs(servers) -> None:  # type: ignore[no-untyped-def]
     server = await servers(env={"TTH_API_KEYS": "a"}, limits={"max_sessions_per_key": 1, "turns_per_minute_per_key": 3})
-    stub = _stub(server.port)
+    stub = servers.stub(server.port)
     a = (("authorization", "Bearer a"),)
     conv = Conversation(stub, "a")
     await conv.start()  # the key's one place is taken: a Generate waits for none, it is refused
@@ -166,7 +164,7 @@ async def test_generate_counts_against_the_turn_budget_and_holds_a_session_place
 
 async def test_an_idle_session_gets_a_notice_then_ends(servers) -> None:  # type: ignore[no-untyped-def]
     server = await servers(limits={"session_idle_s": 0.6, "end_notice_s": 0.4})
-    conv = Conversation(_stub(server.port))
+    conv = Conversation(servers.stub(server.port))
     await conv.start()
     notice = await conv.next()
     assert notice.WhichOneof("event") == "notice" and notice.notice.kind == pb.NOTICE_KIND_SESSION_ENDING
@@ -178,7 +176,7 @@ async def test_an_idle_session_gets_a_notice_then_ends(servers) -> None:  # type
 
 async def test_a_session_at_its_maximum_length_is_warned_ahead_and_ended(servers) -> None:  # type: ignore[no-untyped-def]
     server = await servers(limits={"session_max_s": 0.8, "end_notice_s": 0.5, "session_idle_s": 0})
-    conv = Conversation(_stub(server.port))
+    conv = Conversation(servers.stub(server.port))
     await conv.start()
     await conv.say("Hello!")
     events = []

@@ -22,7 +22,7 @@ async def _running_turn(start_server: ServerFactory, reply: str) -> tuple[object
     server = await start_server(
         session={"max_lead_ms": 100}, components={"llm": {"adapter": "scripted", "options": {"reply": reply}}}
     )
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")  # type: ignore[attr-defined]
+    channel = start_server.channel(server.port)
     conv = Conversation(pb_grpc.ConversationServiceStub(channel))
     await conv.start()
     await conv.say("Hello!")

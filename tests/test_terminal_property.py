@@ -10,7 +10,7 @@ gap-free sequence with nothing twice across resumes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters import registry
 from adapters.errors import ErrorCategory
 from adapters.local.knobs import Knobs
 from adapters.local.scripted import ScriptedResponder
 from adapters.local.stub_avatar import StubAvatar
 from adapters.local.tone_tts import ToneTTS
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, adapters_registered
 from tests.wire import Conversation, is_terminal
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
@@ -59,9 +58,6 @@ class FaultyAvatar(_Faulty, StubAvatar):
     fault_stage = "avatar"
 
 
-for _name, _cls in (("faulty_llm", FaultyLLM), ("faulty_tts", FaultyTTS), ("faulty_avatar", FaultyAvatar)):
-    registry.register(_name, _cls)
-
 REPLY = "Well, here is a reply of two sentences. It is long enough to be cut in many places."
 
 
@@ -90,7 +86,13 @@ turn_plans = st.builds(
 
 
 @pytest.fixture
-async def stub(start_server: ServerFactory) -> AsyncIterator[pb_grpc.ConversationServiceStub]:
+def faulty_adapters() -> Iterator[None]:
+    with adapters_registered({"faulty_llm": FaultyLLM, "faulty_tts": FaultyTTS, "faulty_avatar": FaultyAvatar}):
+        yield
+
+
+@pytest.fixture
+async def stub(faulty_adapters: None, start_server: ServerFactory) -> AsyncIterator[pb_grpc.ConversationServiceStub]:
     components: dict[str, Any] = {
         "llm": {"adapter": "faulty_llm", "options": {"reply": REPLY, "hints": False, "tokens_per_s": 300}},
         "tts": {"adapter": "faulty_tts", "options": {"sample_rate_hz": 16000}},
@@ -101,9 +103,11 @@ async def stub(start_server: ServerFactory) -> AsyncIterator[pb_grpc.Conversatio
         limits={"turns_per_minute_per_key": 0},
         components=components,
     )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield pb_grpc.ConversationServiceStub(channel)
-    FAULTS.clear()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield pb_grpc.ConversationServiceStub(channel)
+    finally:
+        FAULTS.clear()
 
 
 class Client:

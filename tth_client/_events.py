@@ -7,8 +7,8 @@ and `isinstance` narrow, and Generate's events (a different envelope) become
 the same classes. The wrappers hold the *generated* payload message under the
 arm's own name (`event.audio.data`, `event.turn_complete.metrics`), so nothing
 of the contract is copied by hand and the proto's field docs apply as they are.
-Building one costs about a microsecond per event (see bench/bench_sdk_codegen.py),
-small beside decoding a media message.
+Building one is cheap beside decoding a media message (docs/sdk.md, "Generated
+code", has the figures).
 """
 
 from __future__ import annotations

@@ -210,12 +210,11 @@ async def serve(config: Config, listen: str | None = None, *, share_port: bool =
 def tune_for_serving() -> None:
     """Process-wide settings for a process that serves; call it once the server is up.
 
-    CPython collects its youngest generation every 700 net new objects by default.
-    A busy server makes a few objects per media event, nearly all freed by reference
-    counting, and spent 5-10% of its CPU in collections that found almost nothing;
-    with these settings it collects about 14 times less often (measured: 280 stub
-    sessions went from 22% of frames late to 2%). What exists at start (modules,
-    adapters, caches) is frozen out of every collection.
+    What exists at start (modules, adapters, caches) is frozen out of every garbage
+    collection, and the youngest generation is collected every 10,000 net new
+    objects instead of CPython's default 700: a server makes a few objects per
+    media event, nearly all freed by reference counting, so frequent collections
+    find almost nothing (docs/benchmarks.md, "Garbage collection", has the figures).
     """
     gc.freeze()
     gc.set_threshold(10_000, 20, 50)

@@ -1,9 +1,8 @@
 """Frames the cache does not hold: rigged, warped and JPEG-encoded away from the event loop.
 
-A miss is ~2 ms of many short OpenCV and NumPy calls, each of which lets go of the GIL
-and takes it back. In a thread beside a busy event loop every take-back waits out the
-loop's switch interval, so with 100 sessions on the loop a miss took tens of
-milliseconds and their frames came late (bench/bench_photo.py). Worker processes share
+A miss is many short OpenCV and NumPy calls, each of which lets go of the GIL and
+takes it back; in a thread beside a busy event loop every take-back waits out the
+loop's switch interval (docs/photo_face.md, "Render workers"). Worker processes share
 no GIL with the loop: `ProcessRenderer` keeps `processes` of them, each one a
 single-worker pool that renders in the order it is asked and holds the rigs of the
 portraits it was sent (a portrait travels to a worker once). `ThreadRenderer`
