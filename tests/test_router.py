@@ -28,7 +28,7 @@ from tth_server.router import (
     RoutedAvatar,
     RoutedLLM,
     RoutedTTS,
-    begin_turn,
+    TurnRoutes,
     budgeted,
     route,
 )
@@ -252,8 +252,8 @@ async def test_invalid_requests_do_not_trip_the_breaker() -> None:
 
 async def test_the_turn_record_says_who_served_first_and_that_a_fallback_fired() -> None:
     async def turn() -> list[StageTiming]:
-        routes = begin_turn()
-        llm = routed(PlanLLM("primary", [Step(ErrorCategory.AUTH)]), PlanLLM("fallback"))
+        routes = TurnRoutes()
+        llm = routed(PlanLLM("primary", [Step(ErrorCategory.AUTH)]), PlanLLM("fallback")).for_turn(routes)
         await text(llm)
         timings = [StageTiming(Stage.LLM, 1.0, "primary")]
         routes.apply(timings)
@@ -285,11 +285,11 @@ async def test_a_failed_sentence_falls_back_and_the_rest_of_the_turn_keeps_that_
     tts = RoutedTTS(Chain(Stage.TTS, [primary, fallback], settings()))
 
     async def turn() -> list[list[AudioChunk]]:
-        begin_turn()
+        turn_tts = tts.for_turn(TurnRoutes())
         out = []
         for sentence in ("First one.", "Second one.", "Third one."):
-            mapping = tts.map_controls(Controls())
-            out.append([c async for c in tts.synthesize(sentence, mapping)])
+            mapping = turn_tts.map_controls(Controls())
+            out.append([c async for c in turn_tts.synthesize(sentence, mapping)])
         return out
 
     first, second, third = await asyncio.create_task(turn())
@@ -398,8 +398,8 @@ async def test_an_avatar_that_fails_before_its_first_frame_is_replaced_from_the_
     )
 
     async def turn() -> tuple[list[VideoFrame], list[StageTiming]]:
-        routes = begin_turn()
-        frames = [f async for f in avatar.render(paced(items), render)]
+        routes = TurnRoutes()
+        frames = [f async for f in avatar.for_turn(routes).render(paced(items), render)]
         timings = [StageTiming(Stage.AVATAR, 1.0, "remote")]
         routes.apply(timings)
         return frames, timings
@@ -416,8 +416,8 @@ async def test_an_avatar_that_fails_after_frames_is_replaced_from_the_next_frame
     avatar = RoutedAvatar(Chain(Stage.AVATAR, [FailingAvatar("remote", 2), StubAvatar("stub_avatar", {})], settings()))
 
     async def turn() -> tuple[list[VideoFrame], list[StageTiming]]:
-        routes = begin_turn()
-        frames = [f async for f in avatar.render(paced(items), render)]
+        routes = TurnRoutes()
+        frames = [f async for f in avatar.for_turn(routes).render(paced(items), render)]
         timings = [StageTiming(Stage.AVATAR, 1.0, "remote")]
         routes.apply(timings)
         return frames, timings
