@@ -20,7 +20,7 @@ from adapters.errors import ErrorCategory, ProviderError
 from adapters.media import RenderSettings, VideoFrame
 from tth_server.router.breaker import BreakerState
 from tth_server.router.budget import aclose
-from tth_server.router.chain import Chain, Provider
+from tth_server.router.chain import Provider
 from tth_server.router.routed import RoutedBase, note_mapping
 
 T = TypeVar("T")
@@ -84,10 +84,6 @@ class _Tape(Generic[T]):
 
 
 class RoutedAvatar(RoutedBase, AvatarAdapter):
-    def __init__(self, chain: Chain) -> None:
-        AvatarAdapter.__init__(self, chain.providers[0].adapter.name, {})
-        self._setup(chain)
-
     def session_started(self, connections: AvatarConnections) -> bool:
         """Open the session's connection ahead for the provider expected to serve its first turn.
 

@@ -38,14 +38,15 @@ from tth_server.router.routes import TurnRoutes
 A = TypeVar("A")
 
 
-class RoutedBase:
+class RoutedBase(Adapter):
     """What every routed adapter shares: its chain, the turn it is bound to, lifecycle, health, the primary's name."""
 
     chain: Chain
     name: str
     routes: TurnRoutes | None = None  # the turn this view is bound to; None outside a turn
 
-    def _setup(self, chain: Chain) -> None:
+    def __init__(self, chain: Chain) -> None:
+        super().__init__(chain.providers[0].adapter.name, {})  # the stage's adapter base, next in the MRO
         self.chain = chain
         # A mode is a class attribute on the adapter bases; a routed adapter reports its primary's.
         setattr(self, "mode", chain.providers[0].adapter.mode)  # noqa: B010
@@ -108,10 +109,6 @@ class RoutedBase:
 
 
 class RoutedLLM(RoutedBase, LLMAdapter):
-    def __init__(self, chain: Chain) -> None:
-        LLMAdapter.__init__(self, chain.providers[0].adapter.name, {})
-        self._setup(chain)
-
     def stream(self, request: LLMRequest) -> AsyncIterator[str]:
         def call(p: Provider) -> AsyncIterator[str]:
             assert isinstance(p.adapter, LLMAdapter)
@@ -121,15 +118,9 @@ class RoutedLLM(RoutedBase, LLMAdapter):
 
 
 class RoutedTTS(RoutedBase, TTSAdapter):
-    def __init__(self, chain: Chain) -> None:
-        TTSAdapter.__init__(self, chain.providers[0].adapter.name, {})
-        self._setup(chain)
-
     @property
     def sample_rate_hz(self) -> int:
-        primary = self.primary
-        assert isinstance(primary, TTSAdapter)
-        return primary.sample_rate_hz
+        return _rate(self.primary)
 
     def synthesize(self, text: str, mapping: ControlMapping) -> AsyncIterator[AudioChunk]:
         rate = self.sample_rate_hz
@@ -149,15 +140,9 @@ class RoutedTTS(RoutedBase, TTSAdapter):
 
 
 class RoutedRealtime(RoutedBase, RealtimeAdapter):
-    def __init__(self, chain: Chain) -> None:
-        RealtimeAdapter.__init__(self, chain.providers[0].adapter.name, {})
-        self._setup(chain)
-
     @property
     def sample_rate_hz(self) -> int:
-        primary = self.primary
-        assert isinstance(primary, RealtimeAdapter)
-        return primary.sample_rate_hz
+        return _rate(self.primary)
 
     async def open(self, system_prompt: str, mapping: ControlMapping) -> RoutedConversation:
         """A conversation that connects on its first reply, under the router's budget and fallbacks.
@@ -244,6 +229,12 @@ class RoutedConversation(RealtimeConversation):
 
     async def aclose(self) -> None:
         await self._held.drop()
+
+
+def _rate(speech: Adapter) -> int:
+    """The sample rate of a speaking adapter (TTS or realtime): the one the session announces."""
+    assert isinstance(speech, TTSAdapter | RealtimeAdapter)
+    return speech.sample_rate_hz
 
 
 def note_mapping(routes: TurnRoutes | None, stage: Stage, provider: Provider, mapping: ControlMapping) -> None:
