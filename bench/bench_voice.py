@@ -36,9 +36,9 @@ from adapters.controls import Controls
 from adapters.espeak.tts import EspeakTTS
 from adapters.media import AudioChunk
 from adapters.piper.tts import PiperTTS
+from adapters.resample import Resampler
 from bench import bench_capacity, bench_latency, bench_memory
 from bench.common import NO_LIMITS, Row, median, merge, report, rss_bytes, server
-from tth_server.router import Resampler
 
 SENTENCES = (
     "The quick brown fox jumps over the lazy dog.",

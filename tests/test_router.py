@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator
+import functools
+import selectors
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,12 +29,56 @@ from tth_server.router import (
     RoutedAvatar,
     RoutedLLM,
     RoutedTTS,
-    begin_turn,
+    TurnRoutes,
     budgeted,
     route,
 )
 
 REQUEST = LLMRequest("s", "hi")
+
+
+class _JumpingSelector(selectors.DefaultSelector):
+    """A selector that, with nothing ready, moves its clock on by the timeout it was given instead of waiting it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(None if timeout is None else 0)
+        if not ready and timeout:
+            self.now += timeout
+        return ready
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock jumps to its next timer whenever nothing is ready.
+
+    Sleeps, timeouts and budgets keep their order and their lengths on `loop.time()`,
+    but take no real time, so a busy machine cannot stretch them.
+    """
+
+    def __init__(self) -> None:
+        self._jumping = _JumpingSelector()
+        super().__init__(self._jumping)
+
+    def time(self) -> float:
+        return self._jumping.now
+
+
+def on_virtual_time(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test to its end on a `VirtualTimeLoop`."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+            runner.run(test(*args, **kwargs))
+
+    return run
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def state(breaker: Breaker) -> BreakerState:
@@ -138,14 +183,16 @@ async def slow_items(first_s: float, gap_s: float, n: int) -> AsyncIterator[int]
         yield i
 
 
+@on_virtual_time
 async def test_a_provider_silent_past_its_first_byte_budget_times_out_on_time() -> None:
-    started = time.monotonic()
+    started = now()
     with pytest.raises(ProviderError) as err:
         _ = [i async for i in budgeted(slow_items(5, 0, 1), StageBudget(100, 0), "p")]
     assert err.value.category is ErrorCategory.TIMEOUT and "100 ms" in str(err.value)
-    assert time.monotonic() - started < 0.5
+    assert now() - started < 0.5
 
 
+@on_virtual_time
 async def test_the_total_budget_counts_provider_time_not_the_consumers() -> None:
     got = []
     async for i in budgeted(slow_items(0, 0.01, 5), StageBudget(100, 200), "p"):
@@ -175,16 +222,17 @@ async def test_what_retrying_cannot_fix_goes_straight_to_the_fallback(category: 
     assert (primary.calls, fallback.calls) == (1, 1)
 
 
+@on_virtual_time
 async def test_retry_after_is_honoured_when_short_and_skipped_to_the_fallback_when_long() -> None:
     primary = PlanLLM("primary", [Step(ErrorCategory.RATE_LIMIT, retry_after=0.15)])
-    started = time.monotonic()
+    started = now()
     assert await text(routed(primary, PlanLLM("fallback"))) == "one two three"
-    assert primary.calls == 2 and time.monotonic() - started >= 0.15
+    assert primary.calls == 2 and now() - started >= 0.15
     primary = PlanLLM("primary", [Step(ErrorCategory.RATE_LIMIT, retry_after=30)])
     fallback = PlanLLM("fallback", words=("spare",))
-    started = time.monotonic()
+    started = now()
     assert await text(routed(primary, fallback)) == "spare"
-    assert primary.calls == 1 and time.monotonic() - started < 0.1
+    assert primary.calls == 1 and now() - started < 0.1
 
 
 async def test_a_failure_after_output_is_final_and_nothing_is_sent_twice() -> None:
@@ -198,11 +246,12 @@ async def test_a_failure_after_output_is_final_and_nothing_is_sent_twice() -> No
     assert (primary.calls, fallback.calls) == (1, 0)
 
 
+@on_virtual_time
 async def test_a_hung_primary_falls_back_within_the_first_byte_budget() -> None:
     primary = PlanLLM("primary", [Step(hang=True)])
-    started = time.monotonic()
+    started = now()
     assert await text(routed(primary, PlanLLM("fallback"), first_byte_ms=150)) == "one two three"
-    assert 0.15 <= time.monotonic() - started < 0.4
+    assert 0.15 <= now() - started < 0.4
     assert primary.calls == 1  # a timeout is not retried: waiting again only spends the budget twice
 
 
@@ -252,8 +301,8 @@ async def test_invalid_requests_do_not_trip_the_breaker() -> None:
 
 async def test_the_turn_record_says_who_served_first_and_that_a_fallback_fired() -> None:
     async def turn() -> list[StageTiming]:
-        routes = begin_turn()
-        llm = routed(PlanLLM("primary", [Step(ErrorCategory.AUTH)]), PlanLLM("fallback"))
+        routes = TurnRoutes()
+        llm = routed(PlanLLM("primary", [Step(ErrorCategory.AUTH)]), PlanLLM("fallback")).for_turn(routes)
         await text(llm)
         timings = [StageTiming(Stage.LLM, 1.0, "primary")]
         routes.apply(timings)
@@ -285,11 +334,11 @@ async def test_a_failed_sentence_falls_back_and_the_rest_of_the_turn_keeps_that_
     tts = RoutedTTS(Chain(Stage.TTS, [primary, fallback], settings()))
 
     async def turn() -> list[list[AudioChunk]]:
-        begin_turn()
+        turn_tts = tts.for_turn(TurnRoutes())
         out = []
         for sentence in ("First one.", "Second one.", "Third one."):
-            mapping = tts.map_controls(Controls())
-            out.append([c async for c in tts.synthesize(sentence, mapping)])
+            mapping = turn_tts.map_controls(Controls())
+            out.append([c async for c in turn_tts.synthesize(sentence, mapping)])
         return out
 
     first, second, third = await asyncio.create_task(turn())
@@ -386,6 +435,7 @@ async def paced(items: list[AvatarInput], gap_s: float = 0.005) -> AsyncIterator
         yield item
 
 
+@on_virtual_time
 @pytest.mark.parametrize("hang", [False, True])
 async def test_an_avatar_that_fails_before_its_first_frame_is_replaced_from_the_first_audio(hang: bool) -> None:
     items = await audio_items()
@@ -398,8 +448,8 @@ async def test_an_avatar_that_fails_before_its_first_frame_is_replaced_from_the_
     )
 
     async def turn() -> tuple[list[VideoFrame], list[StageTiming]]:
-        routes = begin_turn()
-        frames = [f async for f in avatar.render(paced(items), render)]
+        routes = TurnRoutes()
+        frames = [f async for f in avatar.for_turn(routes).render(paced(items), render)]
         timings = [StageTiming(Stage.AVATAR, 1.0, "remote")]
         routes.apply(timings)
         return frames, timings
@@ -409,6 +459,7 @@ async def test_an_avatar_that_fails_before_its_first_frame_is_replaced_from_the_
     assert (timings[0].adapter, timings[0].fallback_used) == ("stub_avatar", True)
 
 
+@on_virtual_time
 async def test_an_avatar_that_fails_after_frames_is_replaced_from_the_next_frame() -> None:
     items = await audio_items()
     render = RenderSettings(25, 64, 64)
@@ -416,8 +467,8 @@ async def test_an_avatar_that_fails_after_frames_is_replaced_from_the_next_frame
     avatar = RoutedAvatar(Chain(Stage.AVATAR, [FailingAvatar("remote", 2), StubAvatar("stub_avatar", {})], settings()))
 
     async def turn() -> tuple[list[VideoFrame], list[StageTiming]]:
-        routes = begin_turn()
-        frames = [f async for f in avatar.render(paced(items), render)]
+        routes = TurnRoutes()
+        frames = [f async for f in avatar.for_turn(routes).render(paced(items), render)]
         timings = [StageTiming(Stage.AVATAR, 1.0, "remote")]
         routes.apply(timings)
         return frames, timings

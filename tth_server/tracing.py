@@ -26,12 +26,28 @@ import importlib.util
 import os
 from collections.abc import Coroutine
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from tth_server.pipeline import TurnRun
+from tth_server.events import TurnMetrics
 
 T = TypeVar("T")
+
+
+class _Request(Protocol):
+    @property
+    def turn_id(self) -> str: ...
+
+
+class TracedTurn(Protocol):
+    """What a turn's span reads of it (`tth_server.pipeline.TurnRun` is one)."""
+
+    @property
+    def request(self) -> _Request: ...
+    @property
+    def metrics(self) -> TurnMetrics: ...
+    @property
+    def audio_end_ms(self) -> float: ...
+
 
 ENABLED = importlib.util.find_spec("opentelemetry") is not None and (
     importlib.util.find_spec("opentelemetry.trace") is not None
@@ -77,14 +93,14 @@ def failed(current: Any, error: BaseException) -> None:
         current.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}"[:200]))
 
 
-def turn(run: TurnRun, session_id: str, coro: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
+def turn(run: TracedTurn, session_id: str, coro: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
     """`coro` (one turn of the pipeline) inside a `tth.turn` span; `coro` itself without the extra."""
     if not ENABLED:
         return coro
     return _traced_turn(run, session_id, coro)
 
 
-async def _traced_turn(run: TurnRun, session_id: str, coro: Coroutine[Any, Any, T]) -> T:
+async def _traced_turn(run: TracedTurn, session_id: str, coro: Coroutine[Any, Any, T]) -> T:
     attributes = {"tth.session_id": session_id, "tth.turn_id": run.request.turn_id}
     with span("tth.turn") as current:
         current.set_attributes(attributes)
