@@ -34,7 +34,7 @@ from adapters.logs import log
 from adapters.media import AudioChunk, RenderSettings, VideoFrame
 from tth_server import metrics, tracing
 from tth_server.auth import ANONYMOUS
-from tth_server.errors import echo, turn_failure
+from tth_server.errors import AttachReason, AttachRefused, turn_failure
 from tth_server.events import (
     AudioOut,
     ErrorCode,
@@ -104,22 +104,6 @@ class Attachment:
 
     def is_active(self) -> bool:
         return self.active
-
-
-class AttachRefused(Exception):
-    """A stream cannot have the session it asked for; `reason` picks the gRPC status."""
-
-    def __init__(self, reason: str, message: str, retry_after_s: float = 0.0) -> None:
-        super().__init__(message)
-        self.reason = reason  # not_found | out_of_range | resource_exhausted | unavailable
-        self.retry_after_s = retry_after_s
-
-
-def unknown_session(session_id: str) -> AttachRefused:
-    return AttachRefused(
-        "not_found",
-        f"config.session_id {echo(session_id)} is not a session this caller can attach to (unknown, ended or expired)",
-    )
 
 
 def _is_terminal(event: Event) -> bool:
@@ -264,13 +248,13 @@ class Session:
         replay = self.replay
         if after > replay.last_seq:
             raise AttachRefused(
-                "out_of_range",
+                AttachReason.OUT_OF_RANGE,
                 f"config.resume_after_seq {after} is ahead of the session's last event (seq {replay.last_seq})",
             )
         if not replay.holds_after(after):
             gone = replay.first_seq - 1 - after
             raise AttachRefused(
-                "out_of_range",
+                AttachReason.OUT_OF_RANGE,
                 f"config.resume_after_seq {after} is too old: the {gone} events after it are no longer held "
                 f"(a session keeps its last {replay.max_events} events, at most {replay.max_bytes} bytes: "
                 "session.replay_events, session.replay_bytes); attach with config.session_id alone to go on "

@@ -2,25 +2,35 @@
 
 `SessionTable` attaches streams to sessions (restoring a session from the
 `SessionStore` when another replica started it), lets a session whose stream
-dropped wait `session.resume_window_s` for a resume, and ends sessions,
-releasing their limits slot.
+dropped wait `session.resume_window_s` for a resume, ends a session with a
+stream at its idle or length limit (`limits.session_idle_s`,
+`limits.session_max_s`, with a notice `limits.end_notice_s` ahead), and ends
+sessions, releasing their limits slot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine, Iterator
 from typing import TYPE_CHECKING
 
 from adapters.logs import log
-from tth_server.errors import echo
-from tth_server.events import ErrorCode, ErrorOut
+from tth_server.errors import AttachReason, AttachRefused, echo
+from tth_server.events import ErrorCode, ErrorOut, Notice, NoticeKind
 from tth_server.limits import LimitExceeded
-from tth_server.session import Attachment, AttachRefused, Resumed, Session, unknown_session
+from tth_server.session import Attachment, Resumed, Session, SessionState
 from tth_server.store import StoreError
 
 if TYPE_CHECKING:
     from tth_server.runtime import Runtime
+
+
+def unknown_session(session_id: str) -> AttachRefused:
+    return AttachRefused(
+        AttachReason.NOT_FOUND,
+        f"config.session_id {echo(session_id)} is not a session this caller can attach to (unknown, ended or expired)",
+    )
 
 
 class SessionTable:
@@ -31,6 +41,7 @@ class SessionTable:
         self._live: dict[str, Session] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watchdogs: dict[str, asyncio.Task[None]] = {}  # per session with a stream: its idle and length limits
 
     def __len__(self) -> int:
         return len(self._live)
@@ -52,7 +63,7 @@ class SessionTable:
         self._hold_slot(session)
         self._live[session.id] = session
         await session.persist()
-        return session.attach(None, None)
+        return self._attached(session, session.attach(None, None))
 
     async def add_waiting(self, session: Session, timeout_s: float) -> None:
         """A session made ahead of time (CreateSession): it ends unless a stream attaches within `timeout_s`."""
@@ -81,7 +92,7 @@ class SessionTable:
         else:
             if session.attached and after is None:
                 raise AttachRefused(
-                    "not_found",
+                    AttachReason.NOT_FOUND,
                     f"config.session_id {echo(session_id)} is attached to another stream; "
                     "set config.resume_after_seq to take it over",
                 )
@@ -99,7 +110,7 @@ class SessionTable:
         handle = self._expiry.pop(session.id, None)
         if handle is not None:
             handle.cancel()
-        attachment = session.attach(None if restored else after, resumed)  # a restored session holds no events
+        attachment = self._attached(session, session.attach(None if restored else after, resumed))
         if lost:
             message = f"turn {lost} was lost: the replica running it stopped before it ended; send the text again"
             session.outbox.put_control(ErrorOut(ErrorCode.UNAVAILABLE, message, True, 0, lost))
@@ -111,6 +122,7 @@ class SessionTable:
         session.detach(attachment)
         if session.attached:
             return  # another stream took it over
+        self._unwatch(session)
         window = self._runtime.config.session.resume_window_s
         if session.closed or self._runtime.draining or window <= 0:
             self._end_soon(session)
@@ -140,6 +152,7 @@ class SessionTable:
             handle = self._expiry.pop(session.id, None)
             if handle is not None:
                 handle.cancel()
+            self._unwatch(session)
         try:
             await session.close()
             if self._runtime.draining and not session.superseded:
@@ -170,6 +183,9 @@ class SessionTable:
         for handle in self._expiry.values():
             handle.cancel()
         self._expiry.clear()
+        for watchdog in self._watchdogs.values():
+            watchdog.cancel()
+        self._watchdogs.clear()
         for session in self.values():
             await session.close()
             if session.holds_slot:
@@ -191,12 +207,14 @@ class SessionTable:
                 raise unknown
             if state.sealed and after is not None and after > state.last_seq:
                 raise AttachRefused(
-                    "out_of_range",
+                    AttachReason.OUT_OF_RANGE,
                     f"config.resume_after_seq {after} is ahead of the session's last event (seq {state.last_seq})",
                 )
             state = await store.claim(session_id)
         except StoreError as exc:
-            raise AttachRefused("unavailable", f"cannot look up config.session_id: {exc}; retry", 1.0) from None
+            raise AttachRefused(
+                AttachReason.UNAVAILABLE, f"cannot look up config.session_id: {exc}; retry", 1.0
+            ) from None
         if state is None:
             raise unknown
         session = Session.restore(self._runtime, state)
@@ -230,8 +248,59 @@ class SessionTable:
         try:
             self._runtime.limits.open_session(session.key_id)
         except LimitExceeded as exc:
-            raise AttachRefused("resource_exhausted", str(exc), exc.retry_after_s) from None
+            raise AttachRefused(AttachReason.RESOURCE_EXHAUSTED, str(exc), exc.retry_after_s) from None
         session.holds_slot = True
+
+    def _attached(self, session: Session, attachment: Attachment) -> Attachment:
+        """`attachment`, with the session's limits watched for as long as a stream has it."""
+        self._unwatch(session)
+        self._watchdogs[session.id] = asyncio.get_running_loop().create_task(self._watch(session))
+        return attachment
+
+    def _unwatch(self, session: Session) -> None:
+        watchdog = self._watchdogs.pop(session.id, None)
+        if watchdog is not None and watchdog is not asyncio.current_task():
+            watchdog.cancel()
+
+    async def _watch(self, session: Session) -> None:
+        """End the session at its idle or length limit, with a notice `end_notice_s` ahead of either."""
+        limits = self._runtime.config.limits
+        started = session.created
+        warned_for = 0.0
+        while True:
+            now = time.monotonic()
+            if session.state is not SessionState.IDLE:
+                session.last_request = now  # a running turn is activity
+            ends = []
+            if limits.session_max_s:
+                ends.append(
+                    (
+                        started + limits.session_max_s,
+                        f"maximum length of {limits.session_max_s:g} s (limits.session_max_s)",
+                    )
+                )
+            if limits.session_idle_s:
+                ends.append(
+                    (
+                        session.last_request + limits.session_idle_s,
+                        f"idle limit of {limits.session_idle_s:g} s with no request (limits.session_idle_s)",
+                    )
+                )
+            if not ends:
+                return
+            deadline, why = min(ends)
+            if now >= deadline:
+                await session.end(ErrorCode.RESOURCE_EXHAUSTED, f"the session reached its {why}; start a new one")
+                return
+            if now >= deadline - limits.end_notice_s and abs(deadline - warned_for) > 1.0:
+                warned_for = deadline
+                session.notify(
+                    Notice(
+                        NoticeKind.SESSION_ENDING, f"the session will end at its {why}", int((deadline - now) * 1000)
+                    )
+                )
+            next_check = deadline if now >= deadline - limits.end_notice_s else deadline - limits.end_notice_s
+            await asyncio.sleep(min(1.0, max(0.01, next_check - now)))
 
     def _expire_in(self, session: Session, delay_s: float) -> None:
         old = self._expiry.pop(session.id, None)
