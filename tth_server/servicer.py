@@ -35,7 +35,8 @@ from tth_server.convert import Malformed
 from tth_server.errors import InvalidArgument, ServerError, bounded, refusal
 from tth_server.events import ErrorCode, InterruptReason, MediaBatch
 from tth_server.runtime import Runtime
-from tth_server.session import Attachment, Session
+from tth_server.session import Session
+from tth_server.stream import Attachment
 
 _SHUTTING_DOWN = "the server is shutting down; connect to another replica"
 _MODES = {"local": pb.ADAPTER_MODE_LOCAL, "api": pb.ADAPTER_MODE_API, "self_host": pb.ADAPTER_MODE_SELF_HOST}

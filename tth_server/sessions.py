@@ -13,17 +13,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine, Iterator
-from typing import TYPE_CHECKING
 
 from adapters.logs import log
 from tth_server.errors import AttachReason, AttachRefused, echo
 from tth_server.events import ErrorCode, ErrorOut, Notice, NoticeKind
-from tth_server.limits import LimitExceeded
-from tth_server.session import Attachment, Resumed, Session, SessionState
+from tth_server.limits import LimitExceeded, Limits
+from tth_server.session import Session, SessionServices, SessionState
 from tth_server.store import StoreError
-
-if TYPE_CHECKING:
-    from tth_server.runtime import Runtime
+from tth_server.stream import Attachment, Resumed
 
 
 def unknown_session(session_id: str) -> AttachRefused:
@@ -36,8 +33,11 @@ def unknown_session(session_id: str) -> AttachRefused:
 class SessionTable:
     """This replica's sessions: opening, attaching and resuming streams, detaching, expiry and the end."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
+    def __init__(self, services: SessionServices, limits: Limits) -> None:
+        """`services` are what its sessions work with; `limits` admits them and sets their idle and length limits."""
+        self.services = services
+        self._limits = limits
+        self.draining = False  # the replica is shutting down: a session left is sealed in the store, not forgotten
         self._live: dict[str, Session] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -97,7 +97,7 @@ class SessionTable:
                     "set config.resume_after_seq to take it over",
                 )
             if after is not None:
-                session.check_resume(after)
+                session.stream.check_resume(after)
             last = session.replay.last_seq
             if last == 0:
                 resumed = None
@@ -123,8 +123,8 @@ class SessionTable:
         if session.attached:
             return  # another stream took it over
         self._unwatch(session)
-        window = self._runtime.config.session.resume_window_s
-        if session.closed or self._runtime.draining or window <= 0:
+        window = self.services.settings.resume_window_s
+        if session.closed or self.draining or window <= 0:
             self._end_soon(session)
             return
         log.info("stream dropped; session waits for a resume", resume_window_s=window)
@@ -136,15 +136,15 @@ class SessionTable:
         A replica that is shutting down leaves the session in the store instead,
         so the client can resume it on another replica.
         """
-        if session._released:
+        if session.released:
             return
-        session._released = True
+        session.released = True
         await self._finish(session)
 
     def _end_soon(self, session: Session) -> None:
         """`end`, in a task of its own; from this moment on no stream can attach to the session."""
-        if not session._released:
-            session._released = True
+        if not session.released:
+            session.released = True
             self._spawn(self._finish(session))
 
     async def _finish(self, session: Session) -> None:
@@ -155,7 +155,7 @@ class SessionTable:
             self._unwatch(session)
         try:
             await session.close()
-            if self._runtime.draining and not session.superseded:
+            if self.draining and not session.superseded:
                 await session.seal()
             else:
                 await session.forget()
@@ -165,7 +165,7 @@ class SessionTable:
             session.replay.clear()
             if session.holds_slot:
                 session.holds_slot = False
-                self._runtime.limits.close_session(session.key_id)
+                self._limits.close_session(session.key_id)
 
     def supersede(self, session: Session) -> None:
         """Another replica has the session now (or has ended it): end this copy, leaving the store alone."""
@@ -190,14 +190,14 @@ class SessionTable:
             await session.close()
             if session.holds_slot:
                 session.holds_slot = False
-                self._runtime.limits.close_session(session.key_id)
+                self._limits.close_session(session.key_id)
         self._live.clear()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
 
     async def _restore(self, session_id: str, key_id: str, after: int | None) -> tuple[Session, Resumed | None, str]:
         """Take over a session this replica does not have, from the store; with the turn it lost, if any."""
-        store = self._runtime.store
+        store = self.services.store
         unknown = unknown_session(session_id)
         if len(session_id) > 128:
             raise unknown
@@ -217,7 +217,7 @@ class SessionTable:
             ) from None
         if state is None:
             raise unknown
-        session = Session.restore(self._runtime, state)
+        session = Session.restore(self.services, state, on_superseded=self.supersede)
         log.info("session restored from the store", session_id=session_id, epoch=state.epoch)
         if state.last_seq == 0 and not after:
             return session, None, state.running_turn_id
@@ -233,7 +233,7 @@ class SessionTable:
 
     async def _stale(self, session: Session) -> bool:
         """True when, by a shared store, another replica took the session over or ended it since this one had it."""
-        store = self._runtime.store
+        store = self.services.store
         if not store.shared:
             return False
         try:
@@ -246,7 +246,7 @@ class SessionTable:
         if session.holds_slot:
             return
         try:
-            self._runtime.limits.open_session(session.key_id)
+            self._limits.open_session(session.key_id)
         except LimitExceeded as exc:
             raise AttachRefused(AttachReason.RESOURCE_EXHAUSTED, str(exc), exc.retry_after_s) from None
         session.holds_slot = True
@@ -264,7 +264,7 @@ class SessionTable:
 
     async def _watch(self, session: Session) -> None:
         """End the session at its idle or length limit, with a notice `end_notice_s` ahead of either."""
-        limits = self._runtime.config.limits
+        limits = self._limits.settings
         started = session.created
         warned_for = 0.0
         while True:
