@@ -227,7 +227,7 @@ class Session:
         """`run` reached `state`: the session moves on to it, unless the turn is already past it or over."""
         turn = self._turn
         if turn is not None and turn.run is run and self._state in _RUNNING and state in TRANSITIONS[self._state]:
-            self._state = state
+            self._to(state)
 
     @property
     def closed(self) -> bool:
