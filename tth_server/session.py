@@ -271,7 +271,7 @@ class Session:
 
     def attach(self, after: int | None, resumed: Resumed | None) -> Attachment:
         """Give the session to a new stream, taking it from the attached one, if any (see `EventStream.attach`)."""
-        attachment = self.stream.attach(after, resumed, self.started_event())
+        attachment = self.stream.attach(after, resumed, self.started_event)
         self.last_request = time.monotonic()  # attaching is activity: the idle limit starts over
         if not self.ending:  # a provider avatar with `connect: session_start` opens its connection now
             self.services.pipeline.stages.avatar.session_started(self.avatars)

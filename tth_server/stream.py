@@ -10,6 +10,7 @@ exactly what its client missed. One stream is attached at a time (an
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tth_server.errors import AttachReason, AttachRefused
@@ -78,10 +79,10 @@ class EventStream:
                 "without them, or start a new session",
             )
 
-    def attach(self, after: int | None, resumed: Resumed | None, started: Started) -> Attachment:
+    def attach(self, after: int | None, resumed: Resumed | None, started: Callable[[], Started]) -> Attachment:
         """Give the events to a new stream, taking them from the attached one, if any.
 
-        On the first stream `started` is seq 1; later streams get the events
+        On the first stream the event `started()` makes is seq 1; later streams get the events
         after seq `after` (None: only new ones), then new ones.
         """
         old = self._attachment
@@ -90,7 +91,7 @@ class EventStream:
             self.outbox.wake_reader()
         if self.replay.last_seq == 0:
             attachment = Attachment(0, 1)
-            attachment.cursor = self.replay.append(started)
+            attachment.cursor = self.replay.append(started())
         else:
             attachment = Attachment(self.replay.last_seq if after is None else after, 0, resumed)
         self._attachment = attachment
