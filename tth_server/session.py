@@ -6,9 +6,11 @@ starts, TTS_RUN when the reply's first text arrives (it is being spoken),
 AVATAR_RUN when its first audio is out (the face is being drawn),
 STREAMING_OUTPUT when its first frame is out; then TURN_COMPLETE, INTERRUPTED
 or TURN_FAILED while its one terminal event is made and saved, and back to
-IDLE. A stage that finishes before another started skips the states between.
+IDLE. The state only moves forward: output that comes in another order (a
+realtime provider's audio before its transcript) skips the states between.
 New text while a turn runs interrupts it first (barge-in), so the old turn's
-terminal event always precedes the new turn's first event. CLOSED is final.
+terminal event always precedes the new turn's first event. Closing interrupts
+the running turn first, so CLOSED comes from IDLE; it is final.
 
 A session outlives its streams: its events, numbered and kept for replay, are
 an `EventStream` (`tth_server.stream`), and its record in the store a
