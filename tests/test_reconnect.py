@@ -15,8 +15,9 @@ from tests.wire import Conversation, arms, is_terminal
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import conversation_pb2_grpc as pb_grpc
 from tth_server.config import load_config
+from tth_server.errors import AttachRefused
 from tth_server.server import RunningServer, serve
-from tth_server.session import AttachRefused, Session
+from tth_server.session import Session
 
 UNPACED = {"max_lead_ms": 1_000_000, "outbox_capacity": 100_000}
 LONG_REPLY = (

@@ -20,7 +20,7 @@ from adapters.protos import patch_from_proto as patch_from_proto
 from tth_client.v1 import controls_pb2 as cpb
 from tth_client.v1 import conversation_pb2 as pb
 from tth_client.v1 import media_pb2 as mpb
-from tth_server.errors import bounded
+from tth_server.errors import InvalidArgument, bounded
 from tth_server.events import (
     AudioOut,
     ControlReport,
@@ -77,8 +77,9 @@ class Malformed:
 
     reason: str
 
-    def message(self, what: str) -> str:
-        return f"{what} is not a valid protobuf message ({self.reason})"
+    def refused(self, what: str, suffix: str = "") -> InvalidArgument:
+        """The refusal of `what` (the request, named for the client), its message ending with `suffix`."""
+        return InvalidArgument(f"{what} is not a valid protobuf message ({self.reason}){suffix}")
 
 
 def tolerant_handlers(add_to_server: Callable[[Any, Any], None], servicer: Any) -> dict[str, Any]:

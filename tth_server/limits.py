@@ -3,7 +3,7 @@
 A refused session is RESOURCE_EXHAUSTED with the limit named and when to retry;
 a refused turn is an in-stream RESOURCE_EXHAUSTED error with `retry_after_ms`,
 and the session goes on. Idle time and maximum session length are enforced by
-the servicer's watchdog with the same settings.
+the session table (`tth_server.sessions`) with the same settings.
 """
 
 from __future__ import annotations
@@ -12,12 +12,20 @@ import time
 from collections import Counter, defaultdict, deque
 
 from tth_server.config import LimitSettings
+from tth_server.errors import ServerError
+from tth_server.events import ErrorCode
 
 
-class LimitExceeded(Exception):
+class LimitExceeded(ServerError):
+    """A session or a turn over one of the limits: RESOURCE_EXHAUSTED, retryable after `retry_after_s`."""
+
     def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+        super().__init__(ErrorCode.RESOURCE_EXHAUSTED, message, retry_after_s, retryable=True)
+
+    @property
+    def retry_after_ms(self) -> int:
+        """Rounded up: a client that waits this long is admitted."""
+        return int(self.retry_after_s * 1000) + 1
 
 
 class Limits:

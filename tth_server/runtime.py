@@ -40,7 +40,7 @@ from tth_server.limits import Limits
 from tth_server.outbox import gather_media
 from tth_server.personas import PersonaCatalog
 from tth_server.pipeline import Pacer, SegmentPolicy, Stages, TurnPipeline, TurnRequest, TurnRun
-from tth_server.session import Session
+from tth_server.session import Session, SessionServices
 from tth_server.sessions import SessionTable
 from tth_server.store import make_store
 
@@ -66,10 +66,16 @@ class Runtime:
         else:
             raise ConfigError("components: this server needs llm, tts and avatar adapters (or realtime and avatar)")
         self.store = make_store(config.store)
-        self.sessions = SessionTable(self)
-        self.keys = KeyStore.from_settings(config.auth, config.api_keys)
         self.limits = Limits(config.limits)
-        self.draining = False  # set by shut_down: no new sessions or turns
+        self.sessions = SessionTable(
+            SessionServices(config.session, self.personas, self.pipeline, self.store), self.limits
+        )
+        self.keys = KeyStore.from_settings(config.auth, config.api_keys)
+
+    @property
+    def draining(self) -> bool:
+        """Set by shut_down: no new sessions or turns."""
+        return self.sessions.draining
 
     @property
     def sample_rate_hz(self) -> int:
@@ -111,7 +117,7 @@ class Runtime:
 
     async def shut_down(self, grace_s: float) -> None:
         """Stop taking work; let running turns finish within `grace_s`; then end every session with UNAVAILABLE."""
-        self.draining = True
+        self.sessions.draining = True
         live = list(self.sessions.values())
         notice = Notice(
             NoticeKind.SERVER_SHUTTING_DOWN,
@@ -193,7 +199,16 @@ class Runtime:
             self.personas.get(defaults.persona_id, f"{where}.default_control.character.persona_id")
         settings, policy, lead = self.render_settings(render, f"{where}.render")
         settings = replace(settings, portrait_id=portrait_id)
-        return Session(self, persona.id, defaults, settings, policy, lead, key_id=key_id)
+        return Session(
+            self.sessions.services,
+            persona.id,
+            defaults,
+            settings,
+            policy,
+            lead,
+            key_id=key_id,
+            on_superseded=self.sessions.supersede,
+        )
 
     async def create_session(
         self, persona_id: str, defaults: ControlPatch, render: RenderRequest, key_id: str = ANONYMOUS

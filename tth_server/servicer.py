@@ -1,5 +1,10 @@
 """The ConversationService servicer: unpack requests, call the runtime, pack events. Nothing else.
 
+A refusal (a `ServerError`, or an adapter's `ControlError`) reaches the wire in
+one place, `_refusals`: on an open stream it is an in-stream error and the
+session goes on; otherwise it ends the call with its gRPC status and, when it
+says when to retry, a `retry-after-ms` trailer.
+
 Reading and writing a `Converse` stream are independent: one task reads
 requests into the session while the handler yields from the session's outbox,
 so an interrupt is read even while media is being written.
@@ -15,7 +20,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import NoReturn
+from dataclasses import dataclass
 
 import grpc
 import structlog
@@ -27,27 +32,47 @@ from tth_client.v1 import conversation_pb2_grpc as pb_grpc
 from tth_server import convert
 from tth_server.auth import ANONYMOUS
 from tth_server.convert import Malformed
-from tth_server.errors import STATUS_CODES, bounded
-from tth_server.events import ErrorCode, ErrorOut, InterruptReason, MediaBatch, Notice, NoticeKind
-from tth_server.limits import LimitExceeded
+from tth_server.errors import InvalidArgument, ServerError, bounded, refusal
+from tth_server.events import ErrorCode, InterruptReason, MediaBatch
 from tth_server.runtime import Runtime
-from tth_server.session import Attachment, AttachRefused, Session, SessionState
+from tth_server.session import Session
+from tth_server.stream import Attachment
 
 _SHUTTING_DOWN = "the server is shutting down; connect to another replica"
 _MODES = {"local": pb.ADAPTER_MODE_LOCAL, "api": pb.ADAPTER_MODE_API, "self_host": pb.ADAPTER_MODE_SELF_HOST}
-_REFUSALS = {
-    "not_found": grpc.StatusCode.NOT_FOUND,
-    "out_of_range": grpc.StatusCode.OUT_OF_RANGE,
-    "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "unavailable": grpc.StatusCode.UNAVAILABLE,
-}
 _CANCEL_GRACE_S = 0.1  # how long a half-close waits to be sure it is not a cancelled call (~3 loop turns)
 _TAKEN_OVER = "another stream resumed this session (config.resume_after_seq); this stream no longer has it"
 
 
-async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, bounded(message))  # a status travels in trailing metadata: grpc-core caps it at 16 KiB
+@dataclass(slots=True)
+class _Refused:
+    """What a refusal on an open stream answers: the request_id it echoes."""
+
+    request_id: str = ""
+
+
+async def _send(
+    error: ServerError, context: grpc.aio.ServicerContext, stream: Session | None = None, request_id: str = ""
+) -> None:
+    """`error` on the wire: an in-stream error on the open `stream` (the session goes on), else the end of the
+    call with its status and, when it says when to retry, a `retry-after-ms` trailer (then it raises)."""
+    if stream is not None:
+        stream.outbox.put_control(error.event(request_id))
+        return
+    if error.retry_after_s:
+        context.set_trailing_metadata((("retry-after-ms", str(error.retry_after_ms)),))
+    await context.abort(error.status, bounded(str(error)))  # a status travels in trailing metadata (16 KiB at most)
     raise AssertionError("unreachable: abort raises")
+
+
+@contextlib.asynccontextmanager
+async def _refusals(context: grpc.aio.ServicerContext, stream: Session | None = None) -> AsyncIterator[_Refused]:
+    """Where refusals meet the wire: a ServerError or ControlError raised inside goes out by `_send`."""
+    refused = _Refused()
+    try:
+        yield refused
+    except (ServerError, ControlError) as exc:
+        await _send(refusal(exc), context, stream, refused.request_id)
 
 
 class ConversationServicer(pb_grpc.ConversationServiceServicer):
@@ -57,35 +82,34 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
     async def Converse(
         self, request_iterator: AsyncIterator[pb.ConverseRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ConverseResponse]:
-        key = await self._admit(context)
-        requests = aiter(request_iterator)
-        session, attachment = await self._open(requests, context, key)
-        structlog.contextvars.bind_contextvars(session_id=session.id, key_id=key)
-        log.info("session started" if attachment.started_seq else "stream attached", persona=session.persona_id)
-        loop = asyncio.get_running_loop()
-        call_done = asyncio.Event()
-        context.add_done_callback(lambda _: call_done.set())
-        reader = loop.create_task(self._read(requests, session, key, attachment, call_done, context))
-        watchdog = loop.create_task(self._watch(session))
-        over = False
-        try:
-            yield self._started(session, attachment)
-            while (item := await session.next_event(attachment)) is not None:
-                seq, event = item
-                yield convert.converse_response(event, session.id, seq, session.request_id_of(event))
-            over = not attachment.replaced  # the session closed and everything was sent
-        finally:
-            reader.cancel()
-            watchdog.cancel()
-            if over:
-                await self.runtime.sessions.end(session)
-                log.info("session ended", turns=session.turns)
-            else:  # dropped or taken over: the session lives on, waiting for a resume
-                self.runtime.sessions.detach(session, attachment)
-        if attachment.replaced:
-            await _abort(context, grpc.StatusCode.ABORTED, _TAKEN_OVER)
-        if session.ended is not None:
-            await _abort(context, STATUS_CODES[session.ended.code], session.ended.message)
+        async with _refusals(context):
+            key = await self._admit(context)
+            requests = aiter(request_iterator)
+            session, attachment = await self._open(requests, key)
+            structlog.contextvars.bind_contextvars(session_id=session.id, key_id=key)
+            log.info("session started" if attachment.started_seq else "stream attached", persona=session.persona_id)
+            loop = asyncio.get_running_loop()
+            call_done = asyncio.Event()
+            context.add_done_callback(lambda _: call_done.set())
+            reader = loop.create_task(self._read(requests, session, key, attachment, call_done, context))
+            over = False
+            try:
+                yield self._started(session, attachment)
+                while (item := await session.next_event(attachment)) is not None:
+                    seq, event = item
+                    yield convert.converse_response(event, session.id, seq, session.request_id_of(event))
+                over = not attachment.replaced  # the session closed and everything was sent
+            finally:
+                reader.cancel()
+                if over:
+                    await self.runtime.sessions.end(session)
+                    log.info("session ended", turns=session.turns)
+                else:  # dropped or taken over: the session lives on, waiting for a resume
+                    self.runtime.sessions.detach(session, attachment)
+            if attachment.replaced:
+                raise ServerError(ErrorCode.FAILED_PRECONDITION, _TAKEN_OVER, status=grpc.StatusCode.ABORTED)
+            if session.ended is not None:
+                raise ServerError(session.ended.code, session.ended.message)
 
     async def _admit(self, context: grpc.aio.ServicerContext) -> str:
         """The caller's key id (shutdown and limits are checked once the config is read)."""
@@ -101,100 +125,44 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             )
         return response
 
-    async def _watch(self, session: Session) -> None:
-        """End the session at its idle or length limit, with a notice `end_notice_s` ahead of either."""
-        limits = self.runtime.config.limits
-        started = session.created
-        warned_for = 0.0
-        while True:
-            now = time.monotonic()
-            if session.state is not SessionState.IDLE:
-                session.last_request = now  # a running turn is activity
-            ends = []
-            if limits.session_max_s:
-                ends.append(
-                    (
-                        started + limits.session_max_s,
-                        f"maximum length of {limits.session_max_s:g} s (limits.session_max_s)",
-                    )
-                )
-            if limits.session_idle_s:
-                ends.append(
-                    (
-                        session.last_request + limits.session_idle_s,
-                        f"idle limit of {limits.session_idle_s:g} s with no request (limits.session_idle_s)",
-                    )
-                )
-            if not ends:
-                return
-            deadline, why = min(ends)
-            if now >= deadline:
-                await session.end(ErrorCode.RESOURCE_EXHAUSTED, f"the session reached its {why}; start a new one")
-                return
-            if now >= deadline - limits.end_notice_s and abs(deadline - warned_for) > 1.0:
-                warned_for = deadline
-                session.notify(
-                    Notice(
-                        NoticeKind.SESSION_ENDING, f"the session will end at its {why}", int((deadline - now) * 1000)
-                    )
-                )
-            next_check = deadline if now >= deadline - limits.end_notice_s else deadline - limits.end_notice_s
-            await asyncio.sleep(min(1.0, max(0.01, next_check - now)))
+    def _refuse_if_draining(self) -> None:
+        if self.runtime.draining:
+            raise ServerError(ErrorCode.UNAVAILABLE, _SHUTTING_DOWN)
 
-    async def _open(
-        self, requests: AsyncIterator[pb.ConverseRequest], context: grpc.aio.ServicerContext, key: str
-    ) -> tuple[Session, Attachment]:
+    async def _open(self, requests: AsyncIterator[pb.ConverseRequest], key: str) -> tuple[Session, Attachment]:
         timeout = self.runtime.config.session.config_timeout_s
         try:
             first = await asyncio.wait_for(anext(requests), timeout)
         except StopAsyncIteration:
-            await _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "the stream ended before its first message; the first ConverseRequest must set config",
-            )
+            raise InvalidArgument(
+                "the stream ended before its first message; the first ConverseRequest must set config"
+            ) from None
         except TimeoutError:
-            await _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"no config within {timeout:g} s; the first ConverseRequest must set config",
-            )
+            raise InvalidArgument(
+                f"no config within {timeout:g} s; the first ConverseRequest must set config"
+            ) from None
         # Refusals come after the first message is read: a client still writing its config when the
         # call ends would otherwise see its own transport error instead of this status.
-        if self.runtime.draining:
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+        self._refuse_if_draining()
         if isinstance(first, Malformed):
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, first.message("the first ConverseRequest"))
+            raise first.refused("the first ConverseRequest")
         arm = first.WhichOneof("request")
         if arm != "config":
-            await _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the first ConverseRequest must set config, got {arm or 'no field'}",
-            )
+            raise InvalidArgument(f"the first ConverseRequest must set config, got {arm or 'no field'}")
         cfg = first.config
         after = cfg.resume_after_seq if cfg.HasField("resume_after_seq") else None
-        try:
-            if cfg.session_id:
-                session, attachment = await self.runtime.sessions.attach(cfg.session_id, key, after)
-            elif after is not None:
-                await _abort(
-                    context, grpc.StatusCode.INVALID_ARGUMENT, "config.resume_after_seq needs config.session_id"
-                )
-            else:
-                defaults = convert.patch_from_proto(cfg.default_control, "config.default_control")
-                render = convert.render_from_proto(cfg.render, "config.render")
-                portrait = await self.runtime.prepare_portrait(cfg.portrait, "config.portrait") if cfg.portrait else ""
-                session = self.runtime.new_session(cfg.persona_id, defaults, render, "config", key, portrait)
-                attachment = await self.runtime.sessions.open(session)
-            attachment.batch_media = cfg.batch_media
-            return session, attachment
-        except ControlError as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except AttachRefused as exc:
-            if exc.retry_after_s:
-                context.set_trailing_metadata((("retry-after-ms", str(int(exc.retry_after_s * 1000))),))
-            await _abort(context, _REFUSALS[exc.reason], str(exc))
+        if cfg.session_id:
+            session, attachment = await self.runtime.sessions.attach(cfg.session_id, key, after)
+        elif after is not None:
+            raise InvalidArgument("config.resume_after_seq needs config.session_id")
+        else:
+            defaults = convert.patch_from_proto(cfg.default_control, "config.default_control")
+            render = convert.render_from_proto(cfg.render, "config.render")
+            portrait = await self.runtime.prepare_portrait(cfg.portrait, "config.portrait") if cfg.portrait else ""
+            session = self.runtime.new_session(cfg.persona_id, defaults, render, "config", key, portrait)
+            attachment = await self.runtime.sessions.open(session)
+        attachment.batch_media = cfg.batch_media
+        return session, attachment
 
     async def _read(
         self,
@@ -208,7 +176,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
         try:
             async for request in requests:
                 session.last_request = time.monotonic()
-                await self._handle(request, session, key)
+                await self._handle(request, session, key, context)
                 if session.outbox.overflowed:  # the client stopped reading: stop reading it too, and end
                     await self._end_unread(session, context)
                     return
@@ -227,48 +195,39 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
     @staticmethod
     async def _end_unread(session: Session, context: grpc.aio.ServicerContext) -> None:
         """End a session whose client left `session.max_unread_events` events unread, with RESOURCE_EXHAUSTED."""
-        message = (
+        error = ServerError(
+            ErrorCode.RESOURCE_EXHAUSTED,
             f"the client left {session.outbox.max_unread} events unread (in-stream errors, notices and turn ends; "
-            "the limit is session.max_unread_events); the session ends: read the responses of a stream"
+            "the limit is session.max_unread_events); the session ends: read the responses of a stream",
         )
-        await session.end(ErrorCode.RESOURCE_EXHAUSTED, message)
+        await session.end(error.code, str(error))
         # The handler may be stuck in a write the client never takes (flow control): end the call from here, so
         # its place and buffers are freed now, not when the client goes away.
         with contextlib.suppress(grpc.aio.AbortError, grpc.aio.UsageError):
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+            await _send(error, context)
 
-    async def _handle(self, request: pb.ConverseRequest | Malformed, session: Session, key: str) -> None:
-        if isinstance(request, Malformed):
-            message = request.message("a ConverseRequest") + "; ignored"
-            session.outbox.put_control(ErrorOut(ErrorCode.INVALID_ARGUMENT, message))
-            return
-        arm = request.WhichOneof("request")
-        request_id = ""  # echoed on a refusal of this request
-        try:
+    async def _handle(
+        self, request: pb.ConverseRequest | Malformed, session: Session, key: str, context: grpc.aio.ServicerContext
+    ) -> None:
+        async with _refusals(context, session) as refused:  # the stream is open: refusals go in it
+            if isinstance(request, Malformed):
+                raise request.refused("a ConverseRequest", "; ignored")
+            arm = request.WhichOneof("request")
             if arm in ("text", "control", "interrupt"):
                 arm_message: pb.UserText | pb.ControlUpdate | pb.Interrupt = getattr(request, arm)
-                request_id = convert.request_id_from_proto(arm_message.request_id, f"{arm}.request_id")
+                refused.request_id = convert.request_id_from_proto(arm_message.request_id, f"{arm}.request_id")
+            request_id = refused.request_id
             with structlog.contextvars.bound_contextvars(**({"request_id": request_id} if request_id else {})):
                 await self._dispatch(request, arm, session, key, request_id)
-        except ControlError as exc:
-            session.outbox.put_control(ErrorOut(ErrorCode.INVALID_ARGUMENT, str(exc), request_id=request_id))
-        except LimitExceeded as exc:
-            retry_ms = int(exc.retry_after_s * 1000) + 1
-            session.outbox.put_control(
-                ErrorOut(ErrorCode.RESOURCE_EXHAUSTED, str(exc), True, retry_ms, request_id=request_id)
-            )
 
     async def _dispatch(
         self, request: pb.ConverseRequest, arm: str | None, session: Session, key: str, request_id: str
     ) -> None:
         if arm == "text" and self.runtime.draining:
-            session.outbox.put_control(
-                ErrorOut(
-                    ErrorCode.UNAVAILABLE,
-                    "the server is shutting down; no new turns here: reconnect to another replica",
-                    retryable=True,
-                    request_id=request_id,
-                )
+            raise ServerError(
+                ErrorCode.UNAVAILABLE,
+                "the server is shutting down; no new turns here: reconnect to another replica",
+                retryable=True,
             )
         elif arm == "text":
             self.runtime.limits.admit_turn(key)
@@ -282,34 +241,24 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             i = request.interrupt
             await session.interrupt(InterruptReason.CLIENT, i.played_ms if i.HasField("played_ms") else None)
         elif arm == "config":
-            session.outbox.put_control(
-                ErrorOut(ErrorCode.FAILED_PRECONDITION, "config is allowed only as the first message; ignored")
-            )
+            raise ServerError(ErrorCode.FAILED_PRECONDITION, "config is allowed only as the first message; ignored")
         else:
-            session.outbox.put_control(
-                ErrorOut(
-                    ErrorCode.INVALID_ARGUMENT,
-                    "a ConverseRequest must set one of config, text, control or interrupt",
-                )
-            )
+            raise InvalidArgument("a ConverseRequest must set one of config, text, control or interrupt")
 
     async def CreateSession(
         self, request: pb.CreateSessionRequest | Malformed, context: grpc.aio.ServicerContext
     ) -> pb.CreateSessionResponse:
-        if isinstance(request, Malformed):
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.message("the CreateSessionRequest"))
-        if self.runtime.draining:
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
-        key = self.runtime.keys.identify(context.invocation_metadata()) or ANONYMOUS
-        try:
+        async with _refusals(context):
+            if isinstance(request, Malformed):
+                raise request.refused("the CreateSessionRequest")
+            self._refuse_if_draining()
+            key = self.runtime.keys.identify(context.invocation_metadata()) or ANONYMOUS
             session = await self.runtime.create_session(
                 request.persona_id,
                 convert.patch_from_proto(request.default_control, "default_control"),
                 convert.render_from_proto(request.render, "render"),
                 key,
             )
-        except ControlError as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return pb.CreateSessionResponse(
             session_id=session.id, attach_timeout_s=self.runtime.config.session.attach_timeout_s
         )
@@ -317,43 +266,34 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
     async def Generate(
         self, request: pb.GenerateRequest | Malformed, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        if isinstance(request, Malformed):
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.message("the GenerateRequest"))
-        if self.runtime.draining:
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
-        key = await self._admit(context)
-        limits = self.runtime.limits
-        try:
+        async with _refusals(context):
+            if isinstance(request, Malformed):
+                raise request.refused("the GenerateRequest")
+            self._refuse_if_draining()
+            key = await self._admit(context)
+            limits = self.runtime.limits
             limit = self.runtime.config.session.max_text_chars
             text = convert.text_from_proto(request.text, limit, "text")
             patch = convert.patch_from_proto(request.control, "control")
             render = convert.render_from_proto(request.render, "render")
             portrait = await self.runtime.prepare_portrait(request.portrait, "portrait") if request.portrait else ""
             limits.open_generate(key)  # a session's place while it runs, and a turn of the key's budget
-        except ControlError as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except LimitExceeded as exc:
-            context.set_trailing_metadata((("retry-after-ms", str(int(exc.retry_after_s * 1000) + 1)),))
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        try:
-            events = self.runtime.generate(text, request.persona_id, patch, render, request.batch_media, portrait)
             try:
+                events = self.runtime.generate(text, request.persona_id, patch, render, request.batch_media, portrait)
                 first = await anext(events)  # the persona is checked here
-            except ControlError as exc:
-                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            seq = 1
-            yield convert.generate_response(first, seq)
-            async for event in events:
-                seq += len(event.audio) + len(event.video) if isinstance(event, MediaBatch) else 1  # n items, n numbers
-                yield convert.generate_response(event, seq)
-        finally:
-            limits.close_session(key)
+                seq = 1
+                yield convert.generate_response(first, seq)
+                async for event in events:
+                    seq += len(event.audio) + len(event.video) if isinstance(event, MediaBatch) else 1  # n items
+                    yield convert.generate_response(event, seq)
+            finally:
+                limits.close_session(key)
 
     async def ListModels(
         self, request: pb.ListModelsRequest | Malformed, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         if isinstance(request, Malformed):
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.message("the ListModelsRequest"))
+            await _send(request.refused("the ListModelsRequest"), context)
         stages = []
         for stage, adapter in self.runtime.adapters.items():
             caps = adapter.capabilities()

@@ -1,19 +1,22 @@
-"""A conversation session: its controls, history, outbox and the one turn it runs at a time.
+"""A conversation session: its controls, history and the one turn it runs at a time, as a state machine.
 
-The session's state is derived from its running turn, following the
-turn's state machine: IDLE -> LLM_RUN -> TTS_RUN -> AVATAR_RUN -> STREAMING_OUTPUT, and back
-to IDLE through exactly one terminal event (turn_complete, turn_interrupted or
-a turn error). New text while a turn runs interrupts it first (barge-in), so
-the old turn's terminal event always precedes the new turn's first event.
+The session's `state` is set at each transition of its turn and checked
+against `TRANSITIONS` (an illegal one raises): IDLE -> LLM_RUN when the turn
+starts, TTS_RUN when the reply's first text arrives (it is being spoken),
+AVATAR_RUN when its first audio is out (the face is being drawn),
+STREAMING_OUTPUT when its first frame is out; then TURN_COMPLETE, INTERRUPTED
+or TURN_FAILED while its one terminal event is made and saved, and back to
+IDLE. The state only moves forward: output that comes in another order (a
+realtime provider's audio before its transcript) skips the states between.
+New text while a turn runs interrupts it first (barge-in), so the old turn's
+terminal event always precedes the new turn's first event. Closing interrupts
+the running turn first, so CLOSED comes from IDLE; it is final.
 
-A session outlives its streams. Every event it sends is numbered with the
-session's own `seq` and kept in a bounded `ReplayBuffer`, so a stream that
-resumes after a dropped connection continues the sequence and first gets exactly
-what its client missed. One stream is attached at a time (an `Attachment`); a
-resume takes over from the attached one (`tth_server.sessions` keeps the table
-of a replica's sessions). The session saves its state to the store as it
-changes, and before each terminal event, so a replica taking it over never ends
-a turn twice.
+A session outlives its streams: its events, numbered and kept for replay, are
+an `EventStream` (`tth_server.stream`), and its record in the store a
+`SessionSaver` (`tth_server.persistence`); `tth_server.sessions` keeps the table
+of a replica's sessions. What a session works with besides its own state comes
+in explicitly, as `SessionServices`.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ import asyncio
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 import structlog
 
@@ -34,14 +37,14 @@ from adapters.logs import log
 from adapters.media import AudioChunk, RenderSettings, VideoFrame
 from tth_server import metrics, tracing
 from tth_server.auth import ANONYMOUS
-from tth_server.errors import echo, turn_failure
+from tth_server.config import SessionSettings
+from tth_server.errors import turn_failure
 from tth_server.events import (
     AudioOut,
     ErrorCode,
     ErrorOut,
     Event,
     InterruptReason,
-    MediaBatch,
     Notice,
     Outgoing,
     Started,
@@ -50,17 +53,12 @@ from tth_server.events import (
     TurnInterrupted,
     VideoOut,
 )
-from tth_server.outbox import Outbox, ReplayBuffer, gather_media
-from tth_server.pipeline import ConversationSlot, Pacer, SegmentPolicy, TurnRequest, TurnRun
-from tth_server.store import SessionRecord, StoreError
-
-if TYPE_CHECKING:
-    from tth_server.runtime import Runtime
-
-
-def _opens_turn(event: AudioOut | VideoOut) -> bool:
-    """The turn's first audio: it leaves at once, whatever else is about to be ready."""
-    return isinstance(event, AudioOut) and event.chunk.timestamp_ms == 0.0
+from tth_server.outbox import Outbox, ReplayBuffer
+from tth_server.persistence import SessionSaver, last_words
+from tth_server.personas import PersonaCatalog
+from tth_server.pipeline import ConversationSlot, Pacer, SegmentPolicy, TurnPipeline, TurnRequest, TurnRun
+from tth_server.store import SessionRecord, SessionStore
+from tth_server.stream import Attachment, EventStream, Resumed
 
 
 class SessionState(StrEnum):
@@ -69,7 +67,37 @@ class SessionState(StrEnum):
     TTS_RUN = "tts_run"
     AVATAR_RUN = "avatar_run"
     STREAMING_OUTPUT = "streaming_output"
+    TURN_COMPLETE = "turn_complete"
+    INTERRUPTED = "interrupted"
+    TURN_FAILED = "turn_failed"
     CLOSED = "closed"
+
+
+_RUNNING = (SessionState.LLM_RUN, SessionState.TTS_RUN, SessionState.AVATAR_RUN, SessionState.STREAMING_OUTPUT)
+_ENDS = frozenset({SessionState.TURN_COMPLETE, SessionState.INTERRUPTED, SessionState.TURN_FAILED})
+
+TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
+    SessionState.IDLE: frozenset({SessionState.LLM_RUN, SessionState.CLOSED}),
+    # A running turn moves on (never back), ends with its terminal event, or is cancelled from outside the
+    # session (its task, not an interrupt: the loop is going away) and goes back to IDLE with none.
+    **{state: frozenset({*_RUNNING[i + 1 :], *_ENDS, SessionState.IDLE}) for i, state in enumerate(_RUNNING)},
+    **{state: frozenset({SessionState.IDLE}) for state in _ENDS},
+    SessionState.CLOSED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A session asked to move between two states `TRANSITIONS` does not join."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionServices:
+    """What a session works with besides its own state."""
+
+    settings: SessionSettings  # its history length, outbox and replay sizes
+    personas: PersonaCatalog  # checks persona ids and gives each turn its persona
+    pipeline: TurnPipeline  # runs its turns; its stages give the sample rate and the provider avatar
+    store: SessionStore  # keeps its record for a resume on another replica
 
 
 @dataclass(slots=True)
@@ -80,73 +108,39 @@ class _Turn:
     played_ms: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Resumed:
-    """How a stream that attached to a session already under way picks it up."""
-
-    lossless: bool  # every event after the client's resume_after_seq follows, with its original seq
-    last_seq: int  # the session's last seq before this stream attached
-    detail: str = ""  # why not lossless
-
-
-class Attachment:
-    """One stream's hold on a session: where it is in the session's sequence, and whether it still holds it."""
-
-    __slots__ = ("active", "batch_media", "cursor", "replaced", "resumed", "started_seq")
-
-    def __init__(self, cursor: int, started_seq: int, resumed: Resumed | None = None) -> None:
-        self.cursor = cursor  # the seq of the last event this stream was given
-        self.started_seq = started_seq  # 1 on the session's first stream, 0 (outside the sequence) on later ones
-        self.resumed = resumed
-        self.active = True
-        self.replaced = False  # another stream resumed the session and took over
-        self.batch_media = False  # the stream takes consecutive media events as one MediaBatch
-
-    def is_active(self) -> bool:
-        return self.active
-
-
-class AttachRefused(Exception):
-    """A stream cannot have the session it asked for; `reason` picks the gRPC status."""
-
-    def __init__(self, reason: str, message: str, retry_after_s: float = 0.0) -> None:
-        super().__init__(message)
-        self.reason = reason  # not_found | out_of_range | resource_exhausted | unavailable
-        self.retry_after_s = retry_after_s
-
-
-def unknown_session(session_id: str) -> AttachRefused:
-    return AttachRefused(
-        "not_found",
-        f"config.session_id {echo(session_id)} is not a session this caller can attach to (unknown, ended or expired)",
-    )
-
-
-def _is_terminal(event: Event) -> bool:
-    return isinstance(event, TurnCompleted | TurnInterrupted) or (isinstance(event, ErrorOut) and bool(event.turn_id))
-
-
 class _OutboxSink:
-    """A turn's output, tagged with its id, into the session's outbox."""
+    """A turn's output, tagged with its id, into the session's outbox; its first text, audio and frame move
+    the session's state on."""
 
-    def __init__(self, outbox: Outbox, turn_id: str) -> None:
+    def __init__(self, outbox: Outbox, turn_id: str, progress: Callable[[SessionState], None]) -> None:
         self._outbox = outbox
         self._turn_id = turn_id
+        self._progress = progress
+        self._texted = self._voiced = self._drawn = False
 
     async def text(self, text: str) -> None:
+        if not self._texted:
+            self._texted = True
+            self._progress(SessionState.TTS_RUN)
         await self._outbox.put(TextOut(self._turn_id, text))
 
     async def audio(self, chunk: AudioChunk) -> None:
+        if not self._voiced:
+            self._voiced = True
+            self._progress(SessionState.AVATAR_RUN)
         await self._outbox.put(AudioOut(self._turn_id, chunk))
 
     async def video(self, frame: VideoFrame) -> None:
+        if not self._drawn:
+            self._drawn = True
+            self._progress(SessionState.STREAMING_OUTPUT)
         self._outbox.offer_video(VideoOut(self._turn_id, frame))
 
 
 class Session:
     def __init__(
         self,
-        runtime: Runtime,
+        services: SessionServices,
         persona_id: str,
         defaults: ControlPatch,
         render: RenderSettings,
@@ -154,46 +148,53 @@ class Session:
         lead_ms: float,
         session_id: str | None = None,
         key_id: str = ANONYMOUS,
+        *,
+        on_superseded: Callable[[Session], None],
     ) -> None:
+        """`on_superseded` is told when the store says another replica has the session now."""
         self.id = session_id or f"s-{uuid.uuid4().hex[:16]}"
         self.key_id = key_id  # the API key that owns it; only that key may attach
-        self.runtime = runtime
+        self.services = services
         self.persona_id = persona_id
         self.defaults = defaults
         self.pending = ControlPatch()
         self.render = render
         self.policy = policy
         self.lead_ms = lead_ms
-        self.history: deque[Message] = deque(maxlen=2 * runtime.config.session.history_turns)
-        self.outbox = Outbox(runtime.config.session.outbox_capacity, runtime.config.session.max_unread_events)
+        settings = services.settings
+        self.history: deque[Message] = deque(maxlen=2 * settings.history_turns)
+        self.stream = EventStream(
+            Outbox(settings.outbox_capacity, settings.max_unread_events),
+            ReplayBuffer(settings.replay_events, settings.replay_bytes),
+        )
         self._turn: _Turn | None = None
-        self._closed = False
+        self._state = SessionState.IDLE
         self.conversation = ConversationSlot()  # used only with a realtime provider
         self.avatars = AvatarConnections()  # used only with a provider avatar (Simli, Anam)
         self.turns = 0
         self.last_request = time.monotonic()
         self.ended: ErrorOut | None = None  # why the server ended the session, when it did
-        settings = runtime.config.session
-        self.replay = ReplayBuffer(settings.replay_events, settings.replay_bytes)
         self.created = time.monotonic()  # for limits.session_max_s
         self.created_at = time.time()
         self.epoch = 0  # ownership fence in the store
         self.holds_slot = False  # counted against limits.max_sessions here
         self.superseded = False  # another replica took the session over
-        self._attachment: Attachment | None = None
+        self.released = False  # the session table is ending it: no stream may attach any more
         self._running_turn_id = ""  # the turn started and not yet ended, as the store knows it
         # The client's request_id of the text that started each turn whose events may still be sent or replayed:
         # a turn has at least one event, so the replay buffer never holds events of more turns than it holds events.
         self._request_ids: dict[str, str] = {}
         self._max_request_ids = max(1, settings.replay_events)
-        self._save_lock = asyncio.Lock()
-        self._released = False
+        self._on_superseded = on_superseded
+        self._saver = SessionSaver(services.store, self._lost)
 
     @classmethod
-    def restore(cls, runtime: Runtime, state: SessionRecord) -> Session:
+    def restore(
+        cls, services: SessionServices, state: SessionRecord, *, on_superseded: Callable[[Session], None]
+    ) -> Session:
         """A session rebuilt from the store, as another replica left it; its sequence is set on attach."""
         session = cls(
-            runtime,
+            services,
             state.persona_id,
             state.defaults,
             state.render,
@@ -201,6 +202,7 @@ class Session:
             state.lead_ms,
             state.session_id,
             state.key_id,
+            on_superseded=on_superseded,
         )
         session.pending = state.pending
         session.history.extend(state.history)
@@ -212,33 +214,43 @@ class Session:
         session.created = time.monotonic() - max(0.0, time.time() - state.created_at)
         return session
 
+    # ---- state -----------------------------------------------------------------------------------------------------
+
     @property
     def state(self) -> SessionState:
-        if self._closed:
-            return SessionState.CLOSED
-        if self._turn is None:
-            return SessionState.IDLE
-        run = self._turn.run
-        if run.metrics.frames:
-            return SessionState.STREAMING_OUTPUT
-        if run.audio_end_ms:
-            return SessionState.AVATAR_RUN
-        if run.spoken:
-            return SessionState.TTS_RUN
-        return SessionState.LLM_RUN
+        return self._state
+
+    def _to(self, state: SessionState) -> None:
+        if state not in TRANSITIONS[self._state]:
+            raise IllegalTransition(f"session {self.id}: {self._state.value} -> {state.value}")
+        self._state = state
+
+    def _progress(self, run: TurnRun, state: SessionState) -> None:
+        """`run` reached `state`: the session moves on to it, unless the turn is already past it or over."""
+        turn = self._turn
+        if turn is not None and turn.run is run and self._state in _RUNNING and state in TRANSITIONS[self._state]:
+            self._to(state)
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._state is SessionState.CLOSED
+
+    @property
+    def outbox(self) -> Outbox:
+        return self.stream.outbox
+
+    @property
+    def replay(self) -> ReplayBuffer:
+        return self.stream.replay
 
     @property
     def attached(self) -> bool:
-        return self._attachment is not None
+        return self.stream.attached
 
     @property
     def ending(self) -> bool:
         """Closed, or being ended: no stream may attach any more."""
-        return self._closed or self._released
+        return self.closed or self.released
 
     def request_id_of(self, event: Outgoing) -> str:
         """The request_id of the request `event` answers: the refused request's, or that of its turn's text."""
@@ -254,102 +266,25 @@ class Session:
             del self._request_ids[next(iter(self._request_ids))]  # the oldest turn's
 
     def started_event(self) -> Started:
-        persona = self.runtime.personas.get(self.persona_id)
-        return Started(self.runtime.sample_rate_hz, self.render, persona.id, persona.name)
+        persona = self.services.personas.get(self.persona_id)
+        return Started(self.services.pipeline.stages.sample_rate_hz, self.render, persona.id, persona.name)
 
     # ---- streams ---------------------------------------------------------------------------------------------------
 
-    def check_resume(self, after: int) -> None:
-        """Raise AttachRefused unless every event after seq `after` is still held for replay."""
-        replay = self.replay
-        if after > replay.last_seq:
-            raise AttachRefused(
-                "out_of_range",
-                f"config.resume_after_seq {after} is ahead of the session's last event (seq {replay.last_seq})",
-            )
-        if not replay.holds_after(after):
-            gone = replay.first_seq - 1 - after
-            raise AttachRefused(
-                "out_of_range",
-                f"config.resume_after_seq {after} is too old: the {gone} events after it are no longer held "
-                f"(a session keeps its last {replay.max_events} events, at most {replay.max_bytes} bytes: "
-                "session.replay_events, session.replay_bytes); attach with config.session_id alone to go on "
-                "without them, or start a new session",
-            )
-
     def attach(self, after: int | None, resumed: Resumed | None) -> Attachment:
-        """Give the session to a new stream, taking it from the attached one, if any.
-
-        On the session's first stream `started` is seq 1; later streams get the
-        events after seq `after` (None: only new ones), then new ones.
-        """
-        old = self._attachment
-        if old is not None:
-            old.active, old.replaced = False, True
-            self.outbox.wake_reader()
-        if self.replay.last_seq == 0:
-            attachment = Attachment(0, 1)
-            attachment.cursor = self.replay.append(self.started_event())
-        else:
-            attachment = Attachment(self.replay.last_seq if after is None else after, 0, resumed)
-        self._attachment = attachment
+        """Give the session to a new stream, taking it from the attached one, if any (see `EventStream.attach`)."""
+        attachment = self.stream.attach(after, resumed, self.started_event)
         self.last_request = time.monotonic()  # attaching is activity: the idle limit starts over
         if not self.ending:  # a provider avatar with `connect: session_start` opens its connection now
-            self.runtime.pipeline.stages.avatar.session_started(self.avatars)
+            self.services.pipeline.stages.avatar.session_started(self.avatars)
         return attachment
 
     def detach(self, attachment: Attachment) -> None:
-        attachment.active = False
-        if self._attachment is attachment:
-            self._attachment = None
+        self.stream.detach(attachment)
 
     async def next_event(self, attachment: Attachment) -> tuple[int, Outgoing] | None:
-        """The stream's next event and its seq: held ones it missed first, then new ones.
-
-        None once the session has closed and sent everything, or the stream lost
-        the session to another. Each new event is numbered and kept for replay as
-        it is handed out, so a stream that drops right after loses nothing. On a
-        stream that batches media, a media event comes with the media events of
-        its turn that are ready right behind it, as one `MediaBatch` numbered
-        with the seq of its last; nothing waits for a batch to fill.
-        """
-        if not attachment.active:
-            return None
-        if attachment.cursor < self.replay.last_seq:
-            if not self.replay.holds_after(attachment.cursor):
-                return None  # the session ended under this stream and let go of its events
-            attachment.cursor += 1
-            event: Event = self.replay.after(attachment.cursor - 1)
-        else:
-            queued = await self.outbox.get(attachment.is_active)
-            if queued is None:
-                return None
-            event = queued
-            attachment.cursor = self.replay.append(event)
-        if attachment.batch_media and isinstance(event, AudioOut | VideoOut):
-            if attachment.cursor == self.replay.last_seq and not _opens_turn(event):
-                # The frames for audio just released are drawn in this same loop iteration: let them join it.
-                await asyncio.sleep(0)
-            batch = self._batch(attachment, event)  # moves the cursor to the batch's last event
-            return attachment.cursor, batch
-        return attachment.cursor, event
-
-    def _batch(self, attachment: Attachment, first: AudioOut | VideoOut) -> MediaBatch:
-        """`first` and the media of its turn ready right behind it (held for replay, or queued)."""
-
-        def take() -> AudioOut | VideoOut | None:
-            if attachment.cursor < self.replay.last_seq:
-                held = self.replay.after(attachment.cursor) if self.replay.holds_after(attachment.cursor) else None
-                if not isinstance(held, AudioOut | VideoOut) or held.turn_id != first.turn_id:
-                    return None
-                attachment.cursor += 1
-                return held
-            queued = self.outbox.get_media_nowait(first.turn_id)
-            if queued is not None:
-                attachment.cursor = self.replay.append(queued)
-            return queued
-
-        return gather_media(first, take)
+        """The stream's next event and its seq (see `EventStream.next_event`)."""
+        return await self.stream.next_event(attachment)
 
     # ---- the store -------------------------------------------------------------------------------------------------
 
@@ -376,42 +311,28 @@ class Session:
 
     async def persist(self, *, sealed: bool = False, running: str | None = None) -> None:
         """Save the state; a store failure is logged, and losing the session to another replica ends it here."""
-        if self._closed and not sealed:
+        if self.closed and not sealed:
             return
-        async with self._save_lock:  # saves land in the order their snapshots were taken
-            try:
-                saved = await self.runtime.store.save(self.snapshot(sealed=sealed, running=running))
-            except StoreError as exc:
-                log.warning("session state not saved", error=str(exc))
-                return
-        if not saved and not self._closed:
-            self.runtime.sessions.supersede(self)
+        await self._saver.save(lambda: self.snapshot(sealed=sealed, running=running))
+
+    def _lost(self) -> None:
+        if not self.closed:
+            self._on_superseded(self)
 
     async def seal(self) -> None:
-        """Save the state a last time as this replica lets go of the closed session (it is shutting down).
-
-        Events still queued will never be sent from here: then the resume is not
-        lossless, and a turn whose terminal event is among them counts as lost.
-        """
-        unsent, lost = False, ""
-        while (event := await self.outbox.get()) is not None:
-            unsent = True
-            if _is_terminal(event):
-                lost = event.turn_id
-        await self.persist(sealed=not unsent, running=lost)
+        """Save the state a last time as this replica lets go of the closed session (see `last_words`)."""
+        sealed, lost = await last_words(self.outbox)
+        await self.persist(sealed=sealed, running=lost)
 
     async def forget(self) -> None:
-        try:
-            await self.runtime.store.delete(self.id, self.epoch)
-        except StoreError as exc:
-            log.warning("session state not deleted; it expires with store.ttl_s", error=str(exc))
+        await self._saver.forget(self.id, self.epoch)
 
     # ---- turns -----------------------------------------------------------------------------------------------------
 
     async def update_controls(self, patch: ControlPatch) -> None:
         """Change the standing controls from the next turn on."""
         if patch.persona_id is not None:
-            self.runtime.personas.get(patch.persona_id, "control.control.character.persona_id")
+            self.services.personas.get(patch.persona_id, "control.control.character.persona_id")
         self.pending = patch.over(self.pending)
         await self.persist()
 
@@ -422,7 +343,7 @@ class Session:
         """
         layers = [("turn", patch), ("pending", self.pending), ("session", self.defaults)]
         persona_id = next((p.persona_id for _, p in layers if p.persona_id is not None), self.persona_id)
-        persona = self.runtime.personas.get(persona_id, "text.control.character.persona_id")
+        persona = self.services.personas.get(persona_id, "text.control.character.persona_id")
         await self.interrupt(InterruptReason.BARGE_IN)
         turn_id = f"t-{uuid.uuid4().hex[:12]}"
         self._running_turn_id = turn_id
@@ -434,7 +355,7 @@ class Session:
             self._running_turn_id = ""
             self.turns -= 1
             raise
-        if self._closed or self.superseded:  # ended, or lost to another replica, while saving: no turn here
+        if self.closed or self.superseded:  # ended, or lost to another replica, while saving: no turn here
             self._running_turn_id = ""
             return ""
         request = TurnRequest(
@@ -481,7 +402,8 @@ class Session:
     async def close(self) -> None:
         """End the session: interrupt the running turn and close the outbox."""
         await self.interrupt(InterruptReason.SHUTDOWN)
-        self._closed = True
+        if not self.closed:
+            self._to(SessionState.CLOSED)
         self.outbox.close()
         await self.conversation.aclose()
         await self.avatars.aclose()
@@ -492,19 +414,23 @@ class Session:
         if request_id := self._request_ids.get(turn_id):
             structlog.contextvars.bind_contextvars(request_id=request_id)  # on every log line of the turn
         session_avatars.set(self.avatars)  # this task's context only: the turn's provider avatar is the session's
-        sink = _OutboxSink(self.outbox, turn_id)
+        self._to(SessionState.LLM_RUN)
+        sink = _OutboxSink(self.outbox, turn_id, lambda state: self._progress(run, state))
         terminal: Event
         try:
             try:
-                await tracing.turn(run, self.id, self.runtime.pipeline.run(run, sink))
+                await tracing.turn(run, self.id, self.services.pipeline.run(run, sink))
             except asyncio.CancelledError:
                 turn = self._turn
                 if turn is None or turn.reason is None:
                     raise
+                self._to(SessionState.INTERRUPTED)
                 terminal = self._interrupted(run, turn.reason, turn.played_ms)
             except Exception as exc:  # a stage failed: the turn fails, the session goes on
+                self._to(SessionState.TURN_FAILED)
                 terminal = self._failed(run, exc)
             else:
+                self._to(SessionState.TURN_COMPLETE)
                 terminal = self._completed(run)
             self._running_turn_id = ""
             try:
@@ -514,6 +440,7 @@ class Session:
         finally:
             if self._turn is not None and self._turn.run is run:
                 self._turn = None
+                self._to(SessionState.IDLE)
 
     def _completed(self, run: TurnRun) -> Event:
         metrics = run.finish_metrics(self.outbox.dropped.pop(run.request.turn_id, 0))

@@ -2,35 +2,46 @@
 
 `SessionTable` attaches streams to sessions (restoring a session from the
 `SessionStore` when another replica started it), lets a session whose stream
-dropped wait `session.resume_window_s` for a resume, and ends sessions,
-releasing their limits slot.
+dropped wait `session.resume_window_s` for a resume, ends a session with a
+stream at its idle or length limit (`limits.session_idle_s`,
+`limits.session_max_s`, with a notice `limits.end_notice_s` ahead), and ends
+sessions, releasing their limits slot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine, Iterator
-from typing import TYPE_CHECKING
 
 from adapters.logs import log
-from tth_server.errors import echo
-from tth_server.events import ErrorCode, ErrorOut
-from tth_server.limits import LimitExceeded
-from tth_server.session import Attachment, AttachRefused, Resumed, Session, unknown_session
+from tth_server.errors import AttachReason, AttachRefused, echo
+from tth_server.events import ErrorCode, ErrorOut, Notice, NoticeKind
+from tth_server.limits import LimitExceeded, Limits
+from tth_server.session import Session, SessionServices, SessionState
 from tth_server.store import StoreError
+from tth_server.stream import Attachment, Resumed
 
-if TYPE_CHECKING:
-    from tth_server.runtime import Runtime
+
+def unknown_session(session_id: str) -> AttachRefused:
+    return AttachRefused(
+        AttachReason.NOT_FOUND,
+        f"config.session_id {echo(session_id)} is not a session this caller can attach to (unknown, ended or expired)",
+    )
 
 
 class SessionTable:
     """This replica's sessions: opening, attaching and resuming streams, detaching, expiry and the end."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
+    def __init__(self, services: SessionServices, limits: Limits) -> None:
+        """`services` are what its sessions work with; `limits` admits them and sets their idle and length limits."""
+        self.services = services
+        self._limits = limits
+        self.draining = False  # the replica is shutting down: a session left is sealed in the store, not forgotten
         self._live: dict[str, Session] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watchdogs: dict[str, asyncio.Task[None]] = {}  # per session with a stream: its idle and length limits
 
     def __len__(self) -> int:
         return len(self._live)
@@ -52,7 +63,7 @@ class SessionTable:
         self._hold_slot(session)
         self._live[session.id] = session
         await session.persist()
-        return session.attach(None, None)
+        return self._attached(session, session.attach(None, None))
 
     async def add_waiting(self, session: Session, timeout_s: float) -> None:
         """A session made ahead of time (CreateSession): it ends unless a stream attaches within `timeout_s`."""
@@ -81,12 +92,12 @@ class SessionTable:
         else:
             if session.attached and after is None:
                 raise AttachRefused(
-                    "not_found",
+                    AttachReason.NOT_FOUND,
                     f"config.session_id {echo(session_id)} is attached to another stream; "
                     "set config.resume_after_seq to take it over",
                 )
             if after is not None:
-                session.check_resume(after)
+                session.stream.check_resume(after)
             last = session.replay.last_seq
             if last == 0:
                 resumed = None
@@ -99,7 +110,7 @@ class SessionTable:
         handle = self._expiry.pop(session.id, None)
         if handle is not None:
             handle.cancel()
-        attachment = session.attach(None if restored else after, resumed)  # a restored session holds no events
+        attachment = self._attached(session, session.attach(None if restored else after, resumed))
         if lost:
             message = f"turn {lost} was lost: the replica running it stopped before it ended; send the text again"
             session.outbox.put_control(ErrorOut(ErrorCode.UNAVAILABLE, message, True, 0, lost))
@@ -111,8 +122,9 @@ class SessionTable:
         session.detach(attachment)
         if session.attached:
             return  # another stream took it over
-        window = self._runtime.config.session.resume_window_s
-        if session.closed or self._runtime.draining or window <= 0:
+        self._unwatch(session)
+        window = self.services.settings.resume_window_s
+        if session.closed or self.draining or window <= 0:
             self._end_soon(session)
             return
         log.info("stream dropped; session waits for a resume", resume_window_s=window)
@@ -124,15 +136,15 @@ class SessionTable:
         A replica that is shutting down leaves the session in the store instead,
         so the client can resume it on another replica.
         """
-        if session._released:
+        if session.released:
             return
-        session._released = True
+        session.released = True
         await self._finish(session)
 
     def _end_soon(self, session: Session) -> None:
         """`end`, in a task of its own; from this moment on no stream can attach to the session."""
-        if not session._released:
-            session._released = True
+        if not session.released:
+            session.released = True
             self._spawn(self._finish(session))
 
     async def _finish(self, session: Session) -> None:
@@ -140,9 +152,10 @@ class SessionTable:
             handle = self._expiry.pop(session.id, None)
             if handle is not None:
                 handle.cancel()
+            self._unwatch(session)
         try:
             await session.close()
-            if self._runtime.draining and not session.superseded:
+            if self.draining and not session.superseded:
                 await session.seal()
             else:
                 await session.forget()
@@ -152,7 +165,7 @@ class SessionTable:
             session.replay.clear()
             if session.holds_slot:
                 session.holds_slot = False
-                self._runtime.limits.close_session(session.key_id)
+                self._limits.close_session(session.key_id)
 
     def supersede(self, session: Session) -> None:
         """Another replica has the session now (or has ended it): end this copy, leaving the store alone."""
@@ -170,18 +183,21 @@ class SessionTable:
         for handle in self._expiry.values():
             handle.cancel()
         self._expiry.clear()
+        for watchdog in self._watchdogs.values():
+            watchdog.cancel()
+        self._watchdogs.clear()
         for session in self.values():
             await session.close()
             if session.holds_slot:
                 session.holds_slot = False
-                self._runtime.limits.close_session(session.key_id)
+                self._limits.close_session(session.key_id)
         self._live.clear()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
 
     async def _restore(self, session_id: str, key_id: str, after: int | None) -> tuple[Session, Resumed | None, str]:
         """Take over a session this replica does not have, from the store; with the turn it lost, if any."""
-        store = self._runtime.store
+        store = self.services.store
         unknown = unknown_session(session_id)
         if len(session_id) > 128:
             raise unknown
@@ -191,15 +207,17 @@ class SessionTable:
                 raise unknown
             if state.sealed and after is not None and after > state.last_seq:
                 raise AttachRefused(
-                    "out_of_range",
+                    AttachReason.OUT_OF_RANGE,
                     f"config.resume_after_seq {after} is ahead of the session's last event (seq {state.last_seq})",
                 )
             state = await store.claim(session_id)
         except StoreError as exc:
-            raise AttachRefused("unavailable", f"cannot look up config.session_id: {exc}; retry", 1.0) from None
+            raise AttachRefused(
+                AttachReason.UNAVAILABLE, f"cannot look up config.session_id: {exc}; retry", 1.0
+            ) from None
         if state is None:
             raise unknown
-        session = Session.restore(self._runtime, state)
+        session = Session.restore(self.services, state, on_superseded=self.supersede)
         log.info("session restored from the store", session_id=session_id, epoch=state.epoch)
         if state.last_seq == 0 and not after:
             return session, None, state.running_turn_id
@@ -215,7 +233,7 @@ class SessionTable:
 
     async def _stale(self, session: Session) -> bool:
         """True when, by a shared store, another replica took the session over or ended it since this one had it."""
-        store = self._runtime.store
+        store = self.services.store
         if not store.shared:
             return False
         try:
@@ -228,10 +246,61 @@ class SessionTable:
         if session.holds_slot:
             return
         try:
-            self._runtime.limits.open_session(session.key_id)
+            self._limits.open_session(session.key_id)
         except LimitExceeded as exc:
-            raise AttachRefused("resource_exhausted", str(exc), exc.retry_after_s) from None
+            raise AttachRefused(AttachReason.RESOURCE_EXHAUSTED, str(exc), exc.retry_after_s) from None
         session.holds_slot = True
+
+    def _attached(self, session: Session, attachment: Attachment) -> Attachment:
+        """`attachment`, with the session's limits watched for as long as a stream has it."""
+        self._unwatch(session)
+        self._watchdogs[session.id] = asyncio.get_running_loop().create_task(self._watch(session))
+        return attachment
+
+    def _unwatch(self, session: Session) -> None:
+        watchdog = self._watchdogs.pop(session.id, None)
+        if watchdog is not None and watchdog is not asyncio.current_task():
+            watchdog.cancel()
+
+    async def _watch(self, session: Session) -> None:
+        """End the session at its idle or length limit, with a notice `end_notice_s` ahead of either."""
+        limits = self._limits.settings
+        started = session.created
+        warned_for = 0.0
+        while True:
+            now = time.monotonic()
+            if session.state is not SessionState.IDLE:
+                session.last_request = now  # a running turn is activity
+            ends = []
+            if limits.session_max_s:
+                ends.append(
+                    (
+                        started + limits.session_max_s,
+                        f"maximum length of {limits.session_max_s:g} s (limits.session_max_s)",
+                    )
+                )
+            if limits.session_idle_s:
+                ends.append(
+                    (
+                        session.last_request + limits.session_idle_s,
+                        f"idle limit of {limits.session_idle_s:g} s with no request (limits.session_idle_s)",
+                    )
+                )
+            if not ends:
+                return
+            deadline, why = min(ends)
+            if now >= deadline:
+                await session.end(ErrorCode.RESOURCE_EXHAUSTED, f"the session reached its {why}; start a new one")
+                return
+            if now >= deadline - limits.end_notice_s and abs(deadline - warned_for) > 1.0:
+                warned_for = deadline
+                session.notify(
+                    Notice(
+                        NoticeKind.SESSION_ENDING, f"the session will end at its {why}", int((deadline - now) * 1000)
+                    )
+                )
+            next_check = deadline if now >= deadline - limits.end_notice_s else deadline - limits.end_notice_s
+            await asyncio.sleep(min(1.0, max(0.01, next_check - now)))
 
     def _expire_in(self, session: Session, delay_s: float) -> None:
         old = self._expiry.pop(session.id, None)
