@@ -32,10 +32,12 @@ from adapters.logs import log
 from adapters.media import AudioChunk
 from adapters.resample import Resampler
 from tth_server.router.breaker import BreakerState
+from tth_server.router.budget import aclose
 from tth_server.router.chain import Chain, Provider
 from tth_server.router.routes import TurnRoutes
 
 A = TypeVar("A")
+T = TypeVar("T")
 
 
 class RoutedBase(Adapter):
@@ -125,16 +127,12 @@ class RoutedTTS(RoutedBase, TTSAdapter):
     def synthesize(self, text: str, mapping: ControlMapping) -> AsyncIterator[AudioChunk]:
         rate = self.sample_rate_hz
 
-        async def call(p: Provider) -> AsyncIterator[AudioChunk]:
+        def call(p: Provider) -> AsyncIterator[AudioChunk]:
             tts = p.adapter
             assert isinstance(tts, TTSAdapter)
             own = tts.map_controls(mapping.controls)
             note_mapping(self.routes, Stage.TTS, p, own)
-            resampler = Resampler(tts.sample_rate_hz, rate) if tts.sample_rate_hz != rate else None
-            async for chunk in tts.synthesize(text, own):
-                yield resampler.feed(chunk) if resampler else chunk
-            if resampler and (tail := resampler.flush()).samples:
-                yield tail
+            return _at_rate(tts.synthesize(text, own), tts.sample_rate_hz, rate)
 
         return self.chain.stream(call, self.routes)
 
@@ -204,13 +202,10 @@ class RoutedConversation(RealtimeConversation):
             assert isinstance(adapter, RealtimeAdapter)
             own = adapter.map_controls(mapping.controls)
             note_mapping(routes, Stage.REALTIME, p, own)
-            resampler = Resampler(adapter.sample_rate_hz, rate) if adapter.sample_rate_hz != rate else None
             try:
                 conversation = await self._held.get(p, request.system_prompt, own)
-                async for item in conversation.respond(request, own):
-                    yield resampler.feed(item) if resampler and isinstance(item, AudioChunk) else item
-                if resampler and (tail := resampler.flush()).samples:
-                    yield tail
+                async for item in _at_rate(conversation.respond(request, own), adapter.sample_rate_hz, rate):
+                    yield item
             except ProviderError:
                 await self._held.drop()
                 raise
@@ -229,6 +224,22 @@ class RoutedConversation(RealtimeConversation):
 
     async def aclose(self) -> None:
         await self._held.drop()
+
+
+async def _at_rate(items: AsyncIterator[T], source_hz: int, rate_hz: int) -> AsyncIterator[T | AudioChunk]:
+    """`items` with their audio at `rate_hz`: a fallback speaking at another rate is resampled to the primary's."""
+    try:
+        if source_hz == rate_hz:
+            async for item in items:
+                yield item
+            return
+        resampler = Resampler(source_hz, rate_hz)
+        async for item in items:
+            yield resampler.feed(item) if isinstance(item, AudioChunk) else item
+        if (tail := resampler.flush()).samples:
+            yield tail
+    finally:
+        await aclose(items)
 
 
 def _rate(speech: Adapter) -> int:
